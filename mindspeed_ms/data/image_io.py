@@ -1,0 +1,163 @@
+"""Reading images and videos, RGB conversion and MindSpeed-MM's pre-resize rules.
+
+The rules follow MindSpeed-MM's qwen2vl data plugin (itself from LLaMA-Factory), applied before the
+HF-style processor:
+- if w*h > max_pixels (or < min_pixels), scale both sides by sqrt(target / (w*h)), truncating with
+  int(), NEAREST resampling; convert to RGB;
+- force the short side to at least 28 (NEAREST);
+- clamp an aspect ratio above 200 to 180:1 (NEAREST);
+- videos: frames sampled by `video_fps` / `video_maxlen`, each frame pre-resized with the video
+  pixel limits, an odd frame count padded by repeating the last frame.
+"""
+import io
+import math
+import os
+
+import numpy as np
+from PIL import Image, ImageSequence, UnidentifiedImageError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+class MediaError(ValueError):
+    """An image or video that cannot be used (missing, corrupt, unreadable)."""
+
+
+def load_image(src):
+    """Open an image from a path, bytes, a file object or a {"path"/"bytes"} dict, fully decoded."""
+    if isinstance(src, Image.Image):
+        return src
+    if isinstance(src, dict):
+        src = src.get("bytes") or src.get("path")
+    name = src if isinstance(src, str) else "<bytes>"
+    try:
+        if isinstance(src, bytes):
+            src = io.BytesIO(src)
+        img = Image.open(src)
+        img.load()  # decode now so a truncated file fails here, not later in a worker
+    except FileNotFoundError:
+        raise MediaError(f"image file not found: {name}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise MediaError(f"cannot read image {name}: {e}") from None
+    return img
+
+
+def to_rgb(img):
+    """Convert any PIL mode to RGB.
+
+    RGBA/LA/P/L/1/CMYK/YCbCr go through PIL's `convert("RGB")` (what HF does: alpha dropped).
+    High bit depth modes are rescaled first, because PIL's own conversion clips them at 255 and
+    turns a 16-bit photo white: I;16* by 1/257 (65535 -> 255), I by its max bit depth, F taken as
+    0..1 when its max is <= 1 and as 0..255 otherwise.
+    """
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        a = np.asarray(img).astype(np.float64)
+        if img.mode.startswith("I;16"):
+            a = a / 257.0
+        elif img.mode == "I":
+            top = a.max() if a.size else 0
+            a = a / 257.0 if top > 255 else a
+        elif a.size and a.max() <= 1.0:
+            a = a * 255.0
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8)).convert("RGB")  # 2-D uint8 -> L
+    if img.mode == "RGBa":
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def pre_resize(img, max_pixels, min_pixels):
+    """MindSpeed-MM's rescale before the processor (see module docstring). Returns an RGB image."""
+    w, h = img.size
+    if w * h > max_pixels:
+        f = math.sqrt(max_pixels / (w * h))
+        img = img.resize((max(1, int(w * f)), max(1, int(h * f))), resample=Image.NEAREST)
+    w, h = img.size
+    if w * h < min_pixels:
+        f = math.sqrt(min_pixels / (w * h))
+        img = img.resize((int(w * f), int(h * f)), resample=Image.NEAREST)
+    img = to_rgb(img)
+    if min(img.width, img.height) < 28:
+        img = img.resize((max(img.width, 28), max(img.height, 28)), resample=Image.NEAREST)
+    if img.width / img.height > 200:
+        img = img.resize((img.height * 180, img.height), resample=Image.NEAREST)
+    if img.height / img.width > 200:
+        img = img.resize((img.width, img.width * 180), resample=Image.NEAREST)
+    return img
+
+
+def sample_indices(total_frames, duration_s, fps, maxlen):
+    """Frame indices to keep: floor(duration * fps) frames (at least 1), at most `maxlen` and the
+    frame count, spread evenly with linspace (MindSpeed-MM's sampling). Without a known duration
+    every frame counts as one sample point (capped by `maxlen`)."""
+    if total_frames <= 0:
+        return np.zeros((0,), dtype=np.int64)
+    n = total_frames if duration_s is None else max(1, math.floor(duration_s * fps))
+    n = max(1, min(total_frames, int(maxlen), n))
+    return np.linspace(0, total_frames - 1, n).astype(np.int32).astype(np.int64)
+
+
+def _frames_from_pil_sequence(path, fps, maxlen):
+    img = load_image(path)
+    frames, durations = [], []
+    for frame in ImageSequence.Iterator(img):
+        frames.append(frame.convert("RGB"))
+        durations.append(frame.info.get("duration", 0) or 0)
+    duration = sum(durations) / 1000.0 if all(durations) else None
+    return [frames[i] for i in sample_indices(len(frames), duration, fps, maxlen)]
+
+
+def _frames_from_av(path, fps, maxlen):
+    try:
+        import av
+    except ImportError:
+        raise MediaError(f"cannot decode video {path}: install PyAV (pip install av), or give the video as a "
+                         f"directory of frame images or an animated GIF") from None
+    try:
+        with av.open(path, "r") as container:
+            stream = next(s for s in container.streams if s.type == "video")
+            total = stream.frames
+            duration = float(stream.duration * stream.time_base) if stream.duration else None
+            if not total:  # container without a frame count: decode once to count
+                decoded = [f.to_image() for f in container.decode(stream)]
+                return [decoded[i] for i in sample_indices(len(decoded), duration, fps, maxlen)]
+            keep = set(sample_indices(total, duration, fps, maxlen).tolist())
+            container.seek(0)
+            frames = [f.to_image() for i, f in enumerate(container.decode(stream)) if i in keep]
+    except StopIteration:
+        raise MediaError(f"video {path} has no video stream") from None
+    except (OSError, ValueError) as e:  # av.error.* derive from these
+        raise MediaError(f"cannot decode video {path}: {e}") from None
+    return frames
+
+
+def load_video_frames(src, fps=2.0, maxlen=128):
+    """Sampled frames (PIL, RGB) of a video given as a file, a directory of frame images, an
+    animated GIF/WebP, a [T,H,W,C] uint8 array or a list of frames/frame paths."""
+    if isinstance(src, np.ndarray):
+        src = list(src)
+    if isinstance(src, (list, tuple)):
+        frames = [Image.fromarray(f) if isinstance(f, np.ndarray) else load_image(f) for f in src]
+        return [frames[i] for i in sample_indices(len(frames), None, fps, maxlen)]
+    if not os.path.exists(src):
+        raise MediaError(f"video not found: {src}")
+    if os.path.isdir(src):
+        names = sorted(n for n in os.listdir(src) if n.lower().endswith(IMAGE_EXTS))
+        if not names:
+            raise MediaError(f"video directory {src} holds no frame images ({', '.join(IMAGE_EXTS)})")
+        keep = sample_indices(len(names), None, fps, maxlen)
+        return [load_image(os.path.join(src, names[i])) for i in keep]
+    if src.lower().endswith((".gif", ".webp", ".apng", ".png")):
+        return _frames_from_pil_sequence(src, fps, maxlen)
+    return _frames_from_av(src, fps, maxlen)
+
+
+def regularize_video(src, fps, maxlen, max_pixels, min_pixels):
+    """Sampled, pre-resized RGB frames with an even count (MindSpeed-MM pads odd counts)."""
+    frames = [pre_resize(f, max_pixels, min_pixels) for f in load_video_frames(src, fps, maxlen)]
+    if not frames:
+        raise MediaError(f"video {src if isinstance(src, str) else '<frames>'} has no frames")
+    if len(frames) % 2:
+        frames.append(frames[-1])
+    return frames

@@ -1,0 +1,153 @@
+"""Our Qwen2VLImageProcessor equals transformers' Qwen2VLImageProcessor (pixel_values, grids) on
+varied images and videos; MindSpeed-MM's pre-resize and frame sampling rules."""
+import numpy as np
+import pytest
+from PIL import Image
+from transformers import Qwen2VLImageProcessor as HFProcessor
+
+from helpers.images import frames, in_mode, rgb, varied_images, write_gif
+from mindspeed_ms.data import Qwen2VLImageProcessor, smart_resize
+from mindspeed_ms.data.image_io import (MediaError, load_image, load_video_frames, pre_resize, regularize_video,
+                                        sample_indices, to_rgb)
+
+LIMITS = [dict(min_pixels=3136, max_pixels=12845056), dict(min_pixels=32 * 32, max_pixels=256 * 256)]
+
+
+def _hf_input(img):
+    # HF clips 16-bit to 255 through PIL; we rescale (documented in image_io.to_rgb), so HF gets our RGB.
+    return to_rgb(img) if img.mode.startswith("I") else img
+
+
+@pytest.mark.parametrize("limits", LIMITS, ids=["released", "small"])
+def test_images_equal_hf(limits):
+    imgs = varied_images()
+    assert len(imgs) >= 30
+    ours, ref = Qwen2VLImageProcessor(**limits), HFProcessor(**limits)
+    for name, img in imgs:
+        if max(img.size) / min(img.size) > 200:
+            with pytest.raises(ValueError, match="aspect ratio"):
+                ours(images=[img])
+            continue
+        a = ours(images=[img], return_tensors="np")
+        b = ref(images=[_hf_input(img)], return_tensors="np", input_data_format="channels_last")
+        assert a["pixel_values"].dtype == np.float32
+        assert a["pixel_values"].shape == b["pixel_values"].shape, name
+        np.testing.assert_array_equal(a["image_grid_thw"], b["image_grid_thw"], err_msg=name)
+        assert np.abs(a["pixel_values"] - b["pixel_values"]).max() <= 1e-5, name
+
+
+def test_batch_of_images_and_arrays_equal_hf():
+    imgs = [rgb(64, 48, 1), rgb(300, 120, 2), rgb(28, 28, 3)]
+    a = Qwen2VLImageProcessor()(images=imgs)
+    b = HFProcessor()(images=imgs, return_tensors="np")
+    np.testing.assert_array_equal(a["image_grid_thw"], b["image_grid_thw"])
+    np.testing.assert_allclose(a["pixel_values"], b["pixel_values"], atol=1e-5, rtol=0)
+    arr = Qwen2VLImageProcessor()(images=[np.asarray(im) for im in imgs])
+    np.testing.assert_array_equal(arr["pixel_values"], a["pixel_values"])
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8])
+def test_videos_equal_hf(n):
+    vids = [frames(n, 96, 64, seed=n), frames(2, 200, 150, seed=50)]
+    a = Qwen2VLImageProcessor()(videos=vids)
+    b = HFProcessor()(images=None, videos=vids, return_tensors="np")
+    np.testing.assert_array_equal(a["video_grid_thw"], b["video_grid_thw"])
+    assert a["video_grid_thw"][0, 0] == (n + 1) // 2  # odd counts padded with the last frame
+    np.testing.assert_allclose(a["pixel_values_videos"], b["pixel_values_videos"], atol=1e-5, rtol=0)
+
+
+def test_images_and_videos_together():
+    a = Qwen2VLImageProcessor()(images=[rgb(50, 60)], videos=[frames(4)])
+    assert set(a) == {"pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"}
+    assert a["pixel_values"].shape[0] == a["image_grid_thw"].prod()
+
+
+def test_smart_resize_equals_hf():
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as hf_smart_resize
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        h, w = int(rng.integers(1, 5000)), int(rng.integers(1, 5000))
+        if max(h, w) / min(h, w) > 200:
+            continue
+        lo, hi = int(rng.integers(1, 10 ** 5)), int(rng.integers(10 ** 5, 10 ** 7))
+        assert smart_resize(h, w, 28, lo, hi) == hf_smart_resize(h, w, 28, lo, hi)
+
+
+def test_mode_conversion():
+    img = rgb(40, 30)
+    for mode in ("RGBA", "LA", "L", "1", "P", "CMYK", "I;16"):
+        out = to_rgb(in_mode(img, mode))
+        assert out.mode == "RGB" and out.size == img.size
+    g16 = in_mode(img, "I;16")
+    np.testing.assert_array_equal(np.asarray(to_rgb(g16))[..., 0], np.asarray(img.convert("L")))
+    f = Image.fromarray(np.full((4, 4), 0.5, np.float32))
+    assert np.asarray(to_rgb(f))[0, 0, 0] == 128
+
+
+def test_pre_resize_rules():
+    assert pre_resize(rgb(1000, 1000), 262144, 0).size == (512, 512)
+    assert pre_resize(rgb(10, 10), 10 ** 6, 32 * 32).size == (32, 32)
+    assert pre_resize(rgb(10, 100), 10 ** 6, 0).size == (28, 100)
+    assert pre_resize(rgb(6000, 28), 10 ** 7, 0).size == (28 * 180, 28)
+    assert pre_resize(rgb(28, 6000), 10 ** 7, 0).size == (28, 28 * 180)
+    assert pre_resize(in_mode(rgb(64, 64), "P"), 10 ** 6, 0).mode == "RGB"
+    # after the pre-resize every image is accepted by smart_resize (aspect <= 200)
+    for name, img in varied_images():
+        w, h = pre_resize(img, 768 * 768, 32 * 32).size
+        smart_resize(h, w, 28, 3136, 12845056)
+
+
+def test_sample_indices():
+    np.testing.assert_array_equal(sample_indices(100, 10.0, 2.0, 128), np.linspace(0, 99, 20).astype(int))
+    assert len(sample_indices(100, 10.0, 2.0, 8)) == 8
+    assert len(sample_indices(5, 10.0, 2.0, 128)) == 5
+    assert len(sample_indices(30, 0.1, 2.0, 128)) == 1
+    assert len(sample_indices(7, None, 2.0, 4)) == 4
+
+
+def test_video_sources(tmp_path):
+    gif = write_gif(str(tmp_path / "v.gif"), 10, duration_ms=250)  # 2.5 s at 2 fps -> 5 frames
+    fr = load_video_frames(gif, fps=2.0, maxlen=128)
+    assert len(fr) == 5
+    reg = regularize_video(gif, 2.0, 128, 128 * 128, 0)
+    assert len(reg) == 6 and all(f.mode == "RGB" for f in reg)
+    d = tmp_path / "frames"
+    d.mkdir()
+    for i, f in enumerate(frames(6)):
+        f.save(d / f"{i:03d}.png")
+    assert len(load_video_frames(str(d), 2.0, 4)) == 4
+    out = Qwen2VLImageProcessor()(videos=[str(d)], video_maxlen=128)
+    ref = HFProcessor()(images=None, videos=[frames(6)], return_tensors="np")
+    np.testing.assert_allclose(out["pixel_values_videos"], ref["pixel_values_videos"], atol=1e-5, rtol=0)
+
+
+def test_video_file_with_pyav(tmp_path):
+    av = pytest.importorskip("av")
+    path = str(tmp_path / "v.mp4")
+    with av.open(path, "w") as c:
+        s = c.add_stream("mpeg4", rate=10)
+        s.width, s.height, s.pix_fmt = 96, 64, "yuv420p"
+        for f in frames(30):
+            for p in s.encode(av.VideoFrame.from_image(f)):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    fr = load_video_frames(path, fps=2.0, maxlen=128)
+    assert len(fr) == 6 and fr[0].size == (96, 64)
+    assert len(load_video_frames(path, fps=2.0, maxlen=4)) == 4
+
+
+def test_bad_media(tmp_path):
+    with pytest.raises(MediaError, match="not found"):
+        load_image(str(tmp_path / "missing.jpg"))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    with pytest.raises(MediaError, match="bad.jpg"):
+        load_image(str(bad))
+    buf = tmp_path / "trunc.png"
+    rgb(200, 200).save(buf)
+    buf.write_bytes(buf.read_bytes()[:500])
+    with pytest.raises(MediaError, match="trunc.png"):
+        load_image(str(buf))
+    with pytest.raises(MediaError, match="video not found"):
+        load_video_frames(str(tmp_path / "nope.mp4"))
