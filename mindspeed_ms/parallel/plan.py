@@ -1,0 +1,144 @@
+"""`python -m mindspeed_ms.parallel.plan`: check a parallel layout and estimate its memory.
+
+Takes the launch scripts' flag names, validates the layout first (exit code 2 with the reason
+when it is invalid), then prints the layer placement per pipeline stage, per-rank parameter shapes
+for one layer of each kind, the static check of the shard plan and a per-device memory estimate,
+warning when a stage exceeds --device-memory-gb.
+"""
+import argparse
+import sys
+
+from mindspeed_ms.config.model_config import ModelConfigError, load_model_json
+from mindspeed_ms.config.param_shapes import PROJECTOR_PREFIX, TEXT_PREFIX, VISION_PREFIX
+from mindspeed_ms.parallel.checker import check_plan
+from mindspeed_ms.parallel.config import ParallelConfigError, validate_parallel_config
+from mindspeed_ms.parallel.memory import GiB, estimate_memory
+from mindspeed_ms.parallel.rank_params import rank_param_shapes
+from mindspeed_ms.parallel.shard_plan import build_shard_plan
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m mindspeed_ms.parallel.plan", allow_abbrev=False,
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--mm-model", required=True, help="model_*.json")
+    p.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    p.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    p.add_argument("--virtual-pipeline-model-parallel-size", type=int, default=None)
+    p.add_argument("--context-parallel-size", type=int, default=1)
+    p.add_argument("--context-parallel-algo", default="ulysses_cp_algo")
+    p.add_argument("--sequence-parallel", action="store_true")
+    p.add_argument("--use-distributed-optimizer", action="store_true")
+    p.add_argument("--enable-dummy-optimizer", action="store_true")
+    p.add_argument("--recompute-granularity", choices=["full", "selective"], default=None)
+    p.add_argument("--recompute-method", choices=["uniform", "block"], default=None)
+    p.add_argument("--recompute-num-layers", type=int, default=None)
+    p.add_argument("--micro-batch-size", type=int, required=True)
+    p.add_argument("--global-batch-size", type=int, default=None,
+                   help="default: micro-batch-size x dp x pp (enough micro-batches to fill the pipeline)")
+    p.add_argument("--seq-length", type=int, required=True)
+    p.add_argument("--num-devices", type=int, required=True, help="world size (NPUS_PER_NODE x NNODES)")
+    p.add_argument("--device-memory-gb", type=float, default=64.0)
+    p.add_argument("--vision-patches", type=int, default=None,
+                   help="ViT patches per sample for the activation estimate of a trainable ViT "
+                        "(default: seq-length x spatial_merge_size^2, the most a sample can carry)")
+    p.add_argument("--fp32", action="store_true", help="estimate an fp32 run (CPU) instead of bf16 (Ascend)")
+    return p
+
+
+def _fmt_gib(n):
+    return f"{n / GiB:8.2f}"
+
+
+def run(argv=None, out=sys.stdout) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        model = load_model_json(args.mm_model)
+    except ModelConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.global_batch_size is None:
+        dp = max(1, args.num_devices // max(1, args.tensor_model_parallel_size * args.pipeline_model_parallel_size
+                                             * args.context_parallel_size))
+        args.global_batch_size = args.micro_batch_size * dp * args.pipeline_model_parallel_size
+    try:
+        cfg = validate_parallel_config(args, model, args.num_devices)
+    except ParallelConfigError as e:
+        print(f"error: invalid parallel layout: {e}", file=sys.stderr)
+        return 2
+    dtype = "fp32" if args.fp32 else "bf16"
+    plan = build_shard_plan(model, cfg, backend="CPU" if args.fp32 else "Ascend", bf16=not args.fp32,
+                            vision_patches=args.vision_patches)
+    w = out.write
+    w(f"layout: world {cfg.world_size} = dp {cfg.dp} x tp {cfg.tp} x pp {cfg.pp} x cp {cfg.cp}"
+      + (f", vpp {cfg.vpp}" if cfg.vpp > 1 else "")
+      + f"; micro-batch {cfg.micro_batch_size}, global batch {cfg.global_batch_size} "
+        f"({cfg.num_micro_batches} micro-batches per step per dp rank)"
+      + (", sequence parallel" if cfg.sequence_parallel else "")
+      + (", distributed optimizer" if cfg.use_distributed_optimizer else "") + "\n")
+    for note in cfg.notices + plan.notes:
+        w(f"note: {note}\n")
+
+    w("\nlayer placement (global layer indices):\n")
+    for pl in cfg.layout.placements:
+        parts = []
+        if pl.patch_embed:
+            parts.append("patch_embed")
+        if len(pl.vit_layers):
+            parts.append(f"vit {pl.vit_layers.start}-{pl.vit_layers.stop - 1} ({len(pl.vit_layers)})")
+        if pl.projector:
+            parts.append("projector")
+        if pl.embedding:
+            parts.append("embedding")
+        if len(pl.llm_layers):
+            parts.append(f"llm {pl.llm_layers.start}-{pl.llm_layers.stop - 1} ({len(pl.llm_layers)})")
+        if pl.output_layer:
+            parts.append("final_layernorm + output_layer")
+        chunk = f" chunk {pl.chunk}" if cfg.vpp > 1 else ""
+        frozen = " [frozen only]" if pl.stage in cfg.frozen_stages else ""
+        w(f"  stage {pl.stage}{chunk}: {', '.join(parts) or '-'}{frozen}\n")
+
+    w(f"\nper-rank parameter shapes (each of the {cfg.tp} tensor-parallel ranks):\n")
+    shown = set()
+    kinds = [("vit layer", f"{VISION_PREFIX}.blocks.layers.0."), ("projector", f"{PROJECTOR_PREFIX}."),
+             ("llm layer", f"{TEXT_PREFIX}.decoder.layers.0."), ("embedding", f"{TEXT_PREFIX}.embedding."),
+             ("output", f"{TEXT_PREFIX}.output_layer.")]
+    for stage in range(cfg.pp):
+        for chunk, shapes in rank_param_shapes(plan, stage).items():
+            for kind, prefix in kinds:
+                names = [n for n in shapes if n.startswith(prefix)]
+                if kind in shown or not names:
+                    continue
+                shown.add(kind)
+                w(f"  {kind} (stage {stage}" + (f" chunk {chunk}" if cfg.vpp > 1 else "") + "):\n")
+                for n in names:
+                    w(f"    {n[len(prefix):] if prefix.endswith('.0.') else n}: {tuple(shapes[n])}\n")
+
+    problems = check_plan(plan)
+    w(f"\nstatic check of {len(plan.entries)} primitive strategies: "
+      + ("ok" if not problems else f"{len(problems)} problem(s)") + "\n")
+    for pr in problems:
+        w(f"  {pr}\n")
+
+    w(f"\nmemory per device ({dtype} weights"
+      + (", fp32 grads, fp32 master + Adam" if dtype == "bf16" else ", fp32 grads + Adam")
+      + (f" sharded over dp {cfg.dp}" if cfg.use_distributed_optimizer else "") + "), GiB:\n")
+    w("  stage   params(B)  weights    grads optimizer activations    total  in-flight\n")
+    over = []
+    for st in estimate_memory(plan, dtype=dtype, vision_patches=args.vision_patches):
+        w(f"  {st.stage:5d} {st.params / 1e9:11.3f} {_fmt_gib(st.weight_bytes)} {_fmt_gib(st.grad_bytes)} "
+          f"{_fmt_gib(st.optimizer_bytes)}    {_fmt_gib(st.activation_bytes)} {_fmt_gib(st.total_bytes)} "
+          f"{st.in_flight:10d}\n")
+        if st.total_bytes > args.device_memory_gb * GiB:
+            over.append((st.stage, st.total_bytes / GiB))
+    for stage, gib in over:
+        w(f"WARNING: stage {stage} needs about {gib:.1f} GiB per device, more than --device-memory-gb "
+          f"{args.device_memory_gb:g}: raise tp/pp, enable recompute or the distributed optimizer\n")
+    return 1 if problems else 0
+
+
+def main():
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

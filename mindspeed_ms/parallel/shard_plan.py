@@ -1,0 +1,251 @@
+"""The shard plan: semi-auto-parallel strategies for every primitive, built as data from the layout.
+
+The model Cells hold the math only; this module says how each primitive is split (torchtitan's
+`parallelize_module` beside a pure model). A plan is a list of `ShardEntry(cell, prim, strategy)`
+plus per-Cell pipeline/recompute settings; `apply_shard_plan(model, plan)` sets them on a model
+(`prim.shard(...)`, `cell.pipeline_stage`, `cell.recompute()`), which MindSpore compiles only
+under semi-auto parallel on Ascend. On CPU the same plan is built and checked statically
+(`checker.py`).
+
+Strategies follow MindSpore's convention: one tuple per primitive input, one split count per
+dimension. Activations of the linears are 2-D `[rows, features]` where rows = batch x tokens, so
+their row split is the data-parallel (x context-parallel, x tensor-parallel in sequence-parallel
+regions) split. Roles:
+
+- column-parallel (`linear_qkv`, `linear_fc1`, projector `linear_fc1`): weight rows split by tp,
+  output features split by tp, no communication;
+- row-parallel (`linear_proj`, `linear_fc2`, projector `linear_fc2`): contraction dim split by tp,
+  partial sums all-reduced (reduce-scattered over rows with sequence parallel, via `out_strategy`);
+- attention: the head dim split by tp (x cp under Ulysses, whose all-to-all MindSpore inserts at the
+  layout change from a sequence-split to a head-split tensor);
+- vocab-parallel embedding (`Gather` with the table split by rows) and output layer / cross-entropy
+  with the vocabulary split by tp.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from mindspeed_ms.config.param_shapes import PROJECTOR_PREFIX, TEXT_PREFIX, VISION_PREFIX
+from mindspeed_ms.parallel.config import ParallelConfig
+
+Strategy = Tuple[Tuple[int, ...], ...]
+
+
+@dataclass
+class ShardEntry:
+    cell: str                          # Cell path, MindSpeed-MM names (global layer numbers)
+    prim: str                          # primitive attribute on that Cell
+    strategy: Strategy                 # in_strategy
+    shapes: Tuple[Tuple[int, ...], ...]  # global input shapes (for the static checker)
+    role: str
+    stage: int
+    out_strategy: Optional[Strategy] = None
+    # (input_a, dim_a, input_b, dim_b): dims contracted together must be split the same way
+    contractions: Tuple[Tuple[int, int, int, int], ...] = ()
+    # input index -> parameter name whose per-rank slice this input strategy implies
+    params: Dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class CellSetting:
+    cell: str
+    stage: int
+    chunk: int = 0
+    recompute: bool = False
+    # plain attributes the plan sets on the Cell (e.g. glu_chunks, see below)
+    attrs: Dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class ShardPlan:
+    cfg: ParallelConfig
+    model_cfg: object
+    entries: List[ShardEntry] = field(default_factory=list)
+    cells: List[CellSetting] = field(default_factory=list)
+    flash_attention: bool = False
+    notes: List[str] = field(default_factory=list)
+
+    def entries_for(self, cell_prefix: str) -> List[ShardEntry]:
+        return [e for e in self.entries if e.cell == cell_prefix or e.cell.startswith(cell_prefix + ".")]
+
+    def param_strategies(self) -> Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...], int]]:
+        """name -> (full shape, per-dim split, stage) for every parameter a strategy touches."""
+        out = {}
+        for e in self.entries:
+            for idx, name in e.params.items():
+                out[name] = (e.shapes[idx], e.strategy[idx], e.stage)
+        return out
+
+
+def _vision_tokens(cfg: ParallelConfig, vision_patches: Optional[int], merge: int) -> int:
+    """Global ViT rows of one micro-batch. Without an explicit count, the most a sample can carry:
+    every text position an image token, each worth merge^2 patches."""
+    per_sample = vision_patches if vision_patches else (cfg.seq_length or 1) * merge ** 2
+    return cfg.micro_batch_size * cfg.dp * per_sample
+
+
+def build_shard_plan(model_cfg, cfg: ParallelConfig, backend: str = "CPU", bf16: bool = False,
+                     vision_patches: Optional[int] = None) -> ShardPlan:
+    """All strategies and Cell settings for `model_cfg` (Qwen2VLConfig) under a validated `cfg`.
+
+    `vision_patches`: patches per sample (defaults to the seq-length bound) for the shapes the
+    checker verifies; the strategies do not depend on it."""
+    v, p, t = model_cfg.vision, model_cfg.projector, model_cfg.text
+    tp, dp, cp = cfg.tp, cfg.dp, cfg.cp
+    sp = cfg.sequence_parallel
+    plan = ShardPlan(cfg=cfg, model_cfg=model_cfg, flash_attention=(backend.upper() == "ASCEND" and bf16))
+    layout = cfg.layout
+    seq = cfg.padded_seq_length(cfg.seq_length or cfg.seq_split)
+    batch = cfg.micro_batch_size * dp
+    rows_t = batch * seq                       # text rows (global, one micro-batch)
+    rows_v = _vision_tokens(cfg, vision_patches, v.spatial_merge_size)
+    row_split_t = dp * cp                      # text rows outside SP regions
+    sp_split_t = dp * cp * (tp if sp else 1)   # text rows inside SP regions (norms, residual)
+
+    vit_stage = {}
+    llm_stage = {}
+    for pl in layout.placements:
+        for i in pl.vit_layers:
+            vit_stage[i] = (pl.stage, pl.chunk)
+        for i in pl.llm_layers:
+            llm_stage[i] = (pl.stage, pl.chunk)
+    patch_pl = next(pl for pl in layout.placements if pl.patch_embed)
+    proj_pl = next(pl for pl in layout.placements if pl.projector)
+    emb_pl = next(pl for pl in layout.placements if pl.embedding)
+    out_pl = next(pl for pl in layout.placements if pl.output_layer)
+
+    add = plan.entries.append
+
+    def column(cell, rows, rsplit, n_in, n_out, stage, bias, wname):
+        add(ShardEntry(cell, "matmul", ((rsplit, 1), (tp, 1)), ((rows, n_in), (n_out, n_in)), "column", stage,
+                       contractions=((0, 1, 1, 1),), params={1: wname + ".weight"}))
+        if bias:
+            add(ShardEntry(cell, "bias_add", ((rsplit, tp), (tp,)), ((rows, n_out), (n_out,)), "column-bias",
+                           stage, params={1: wname + ".bias"}))
+
+    def row(cell, rows, rsplit, n_in, n_out, stage, bias, wname, out_rsplit):
+        out = ((out_rsplit, 1),) if out_rsplit != rsplit else None
+        add(ShardEntry(cell, "matmul", ((rsplit, tp), (1, tp)), ((rows, n_in), (n_out, n_in)), "row", stage,
+                       out_strategy=out, contractions=((0, 1, 1, 1),), params={1: wname + ".weight"}))
+        if bias:
+            add(ShardEntry(cell, "bias_add", ((out_rsplit, 1), (1,)), ((rows, n_out), (n_out,)), "row-bias",
+                           stage, params={1: wname + ".bias"}))
+
+    def attention(cell, b, heads, s, d, hsplit, bsplit, stage, causal):
+        qk = ((bsplit, hsplit, 1, 1), (bsplit, hsplit, 1, 1))
+        add(ShardEntry(cell, "bmm_qk", qk, ((b, heads, s, d), (b, heads, s, d)), "heads", stage,
+                       contractions=((0, 3, 1, 3),)))
+        add(ShardEntry(cell, "softmax", ((bsplit, hsplit, 1, 1),), ((b, heads, s, s),), "heads", stage))
+        add(ShardEntry(cell, "bmm_pv", qk, ((b, heads, s, s), (b, heads, s, d)), "heads", stage,
+                       contractions=((0, 3, 1, 2),)))
+        if plan.flash_attention:
+            # BNSD for the LLM (causal); the ViT uses TND with cumulative lengths of its image blocks
+            # (actual_seq_qlen/kvlen), whose token axis is not split.
+            fa = ((bsplit, hsplit, 1, 1),) * 3 if causal else ((1, hsplit, 1),) * 3
+            shp = ((b, heads, s, d),) * 3 if causal else ((b * s, heads, d),) * 3
+            add(ShardEntry(cell, "flash_attention", fa, shp, "heads", stage))
+
+    def norm(cell, rows, rsplit, width, stage, wname, has_bias):
+        params = {1: wname + ".weight"}
+        add(ShardEntry(cell, "mul_weight", ((rsplit, 1), (1,)), ((rows, width), (width,)), "norm", stage,
+                       params=params))
+        if has_bias:
+            add(ShardEntry(cell, "add_bias", ((rsplit, 1), (1,)), ((rows, width), (width,)), "norm", stage,
+                           params={1: wname + ".bias"}))
+
+    # ---- vision encoder (rows = patches of the micro-batch; split by dp, replicated over cp)
+    e, vf, vh = v.hidden_size, v.ffn_hidden_size, v.num_attention_heads
+    vd = v.kv_channels
+    stage = patch_pl.stage
+    add(ShardEntry(f"{VISION_PREFIX}.patch_embed", "matmul", ((dp, 1), (1, 1)),
+                   ((rows_v, v.patch_dim), (e, v.patch_dim)), "replicated", stage,
+                   contractions=((0, 1, 1, 1),)))
+    plan.cells.append(CellSetting(f"{VISION_PREFIX}.patch_embed", stage, patch_pl.chunk))
+    for i in range(v.num_layers):
+        stage, chunk = vit_stage[i]
+        c = f"{VISION_PREFIX}.blocks.layers.{i}"
+        norm(f"{c}.input_layernorm", rows_v, dp, e, stage, f"{c}.input_layernorm", True)
+        column(f"{c}.self_attention.linear_qkv", rows_v, dp, e, 3 * vh * vd, stage, True,
+               f"{c}.self_attention.linear_qkv")
+        # the ViT attends within each image: one block per dp rank's patches, heads split by tp
+        attention(f"{c}.self_attention.core_attention", dp, vh, rows_v // dp, vd, tp, dp, stage, False)
+        row(f"{c}.self_attention.linear_proj", rows_v, dp, vh * vd, e, stage, True,
+            f"{c}.self_attention.linear_proj", dp)
+        norm(f"{c}.pre_mlp_layernorm", rows_v, dp, e, stage, f"{c}.pre_mlp_layernorm", True)
+        column(f"{c}.mlp.linear_fc1", rows_v, dp, e, vf, stage, True, f"{c}.mlp.linear_fc1")
+        row(f"{c}.mlp.linear_fc2", rows_v, dp, vf, e, stage, True, f"{c}.mlp.linear_fc2", dp)
+        rc = i in set(cfg.vision_recompute.recomputed_layers(_chunk_layers(layout, chunk, stage, "vit")))
+        plan.cells.append(CellSetting(c, stage, chunk, recompute=rc))
+
+    # ---- projector (patch merger) on the stage of the last ViT layer
+    stage = proj_pl.stage
+    merged_rows = rows_v // v.spatial_merge_size ** 2
+    norm(f"{PROJECTOR_PREFIX}.layernorm", rows_v, dp, p.input_size, stage, f"{PROJECTOR_PREFIX}.layernorm", True)
+    m = p.input_size * v.spatial_merge_size ** 2
+    column(f"{PROJECTOR_PREFIX}.encoder.linear_fc1", merged_rows, dp, m, p.ffn_hidden_size, stage, True,
+           f"{PROJECTOR_PREFIX}.encoder.linear_fc1")
+    row(f"{PROJECTOR_PREFIX}.encoder.linear_fc2", merged_rows, dp, p.ffn_hidden_size, p.hidden_size, stage, True,
+        f"{PROJECTOR_PREFIX}.encoder.linear_fc2", dp)
+    plan.cells.append(CellSetting(PROJECTOR_PREFIX, stage, proj_pl.chunk))
+
+    # ---- text decoder
+    h, hd, heads, groups = t.hidden_size, t.kv_channels, t.num_attention_heads, t.num_query_groups
+    qkv_out = (heads + 2 * groups) * hd
+    stage = emb_pl.stage
+    add(ShardEntry(f"{TEXT_PREFIX}.embedding.word_embeddings", "gather", ((tp, 1), (dp, cp)),
+                   ((t.vocab_size, h), (batch, seq)), "vocab", stage,
+                   params={0: f"{TEXT_PREFIX}.embedding.word_embeddings.weight"}))
+    plan.cells.append(CellSetting(f"{TEXT_PREFIX}.embedding", stage, emb_pl.chunk))
+    for i in range(t.num_layers):
+        stage, chunk = llm_stage[i]
+        c = f"{TEXT_PREFIX}.decoder.layers.{i}"
+        norm(f"{c}.input_layernorm", rows_t, sp_split_t, h, stage, f"{c}.input_layernorm", False)
+        column(f"{c}.self_attention.linear_qkv", rows_t, row_split_t, h, qkv_out, stage, t.add_qkv_bias,
+               f"{c}.self_attention.linear_qkv")
+        # Ulysses: sequence-split activations become head-split (tp x cp) for attention; kv heads
+        # are repeated to the query heads before the batch-matmuls (GQA), so the head axis is `heads`
+        attention(f"{c}.self_attention.core_attention", batch, heads, seq, hd, tp * cp, dp, stage, True)
+        row(f"{c}.self_attention.linear_proj", rows_t, row_split_t, heads * hd, h, stage, False,
+            f"{c}.self_attention.linear_proj", sp_split_t)
+        norm(f"{c}.pre_mlp_layernorm", rows_t, sp_split_t, h, stage, f"{c}.pre_mlp_layernorm", False)
+        column(f"{c}.mlp.linear_fc1", rows_t, row_split_t, h, 2 * t.ffn_hidden_size, stage, False,
+               f"{c}.mlp.linear_fc1")
+        row(f"{c}.mlp.linear_fc2", rows_t, row_split_t, t.ffn_hidden_size, h, stage, False,
+            f"{c}.mlp.linear_fc2", sp_split_t)
+        rc = i in set(cfg.text_recompute.recomputed_layers(_chunk_layers(layout, chunk, stage, "llm")))
+        plan.cells.append(CellSetting(c, stage, chunk, recompute=rc))
+        if tp > 1:
+            # linear_fc1 holds [gate; up]; mm-convert gives rank r concat(gate[r], up[r]). Keeping
+            # the parameter in that per-rank order (rank_params.to_plan_layout) makes each rank's
+            # contiguous slice its mm-convert file, and the MLP splits gate/up inside each of the
+            # tp chunks of its output, so SwiGLU stays rank-local.
+            plan.cells.append(CellSetting(f"{c}.mlp", stage, chunk, attrs={"glu_chunks": tp}))
+    stage = out_pl.stage
+    norm(f"{TEXT_PREFIX}.decoder.final_layernorm", rows_t, sp_split_t, h, stage,
+         f"{TEXT_PREFIX}.decoder.final_layernorm", False)
+    plan.cells.append(CellSetting(f"{TEXT_PREFIX}.decoder.final_layernorm", stage, out_pl.chunk))
+    # tied embeddings share the table when embedding and output sit on one stage; across stages
+    # mm-convert gives the last stage its own copy named output_layer.weight
+    shared = t.tied and out_pl.stage == emb_pl.stage
+    out_w = f"{TEXT_PREFIX}.embedding.word_embeddings.weight" if shared else f"{TEXT_PREFIX}.output_layer.weight"
+    add(ShardEntry(f"{TEXT_PREFIX}.output_layer", "matmul", ((row_split_t, 1), (tp, 1)),
+                   ((rows_t, h), (t.vocab_size, h)), "vocab", stage, contractions=((0, 1, 1, 1),),
+                   params={1: out_w}))
+    plan.cells.append(CellSetting(f"{TEXT_PREFIX}.output_layer", stage, out_pl.chunk))
+    # vocab-parallel cross-entropy: max / sum-exp over the split vocabulary are all-reduced
+    add(ShardEntry("loss", "log_softmax", ((row_split_t, tp),), ((rows_t, t.vocab_size),), "vocab", stage))
+    if cp > 1 and cfg.seq_length and cfg.seq_length % cfg.seq_split:
+        plan.notes.append(f"unaligned sequence: --seq-length {cfg.seq_length} padded to {seq} "
+                          f"(multiple of {cfg.seq_split}) for the sequence split; padding is masked")
+    return plan
+
+
+def _chunk_layers(layout, chunk, stage, kind) -> range:
+    pl = next(x for x in layout.placements if x.chunk == chunk and x.stage == stage)
+    return pl.llm_layers if kind == "llm" else pl.vit_layers
+
+
+def stage_config(plan: ShardPlan) -> Tuple[Dict[str, int], Dict[str, int]]:
+    """{cell: pipeline_stage}, {cell: pipeline_segment} for `mindspore.parallel.nn.Pipeline`."""
+    stages = {c.cell: c.stage for c in plan.cells}
+    segments = {c.cell: c.chunk for c in plan.cells} if plan.cfg.vpp > 1 else {}
+    return stages, segments
