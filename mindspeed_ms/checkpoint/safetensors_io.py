@@ -116,7 +116,7 @@ class SafetensorsFile:
         count = int(np.prod(shape, dtype=np.int64))
         if count == 0:
             return np.zeros(shape, dt)
-        arr = np.memmap(self.path, dtype=dt, mode="r", offset=self._data_start + begin, shape=(count,))
+        arr = np.memmap(self.path, dtype=dt, mode="r", offset=self._data_start + begin, shape=(count,)).view(np.ndarray)
         arr = arr.reshape(shape)
         return np.array(arr) if copy else arr
 
