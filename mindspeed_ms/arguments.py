@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
@@ -237,64 +236,66 @@ def _check_file(flag: str, path: Optional[str], what: str):
         _err(f"{flag} {path}: no such file (the {what}); run from the repository root or give an absolute path.")
 
 
-def check_against_model_json(args: TrainingArgs, model_json: dict, path: str) -> List[str]:
-    """Compare the model-structure flags with model.json. model.json defines the model (as in
-    MindSpeed-MM); a flag that would describe a different model is an error, because training
-    then silently differs from what the script says. Returns notices for harmless differences."""
-    td = model_json.get("text_decoder") or {}
+def check_against_model_json(args: TrainingArgs, model, path: str) -> List[str]:
+    """Compare the model-structure flags with model.json (`model` is its `Qwen2VLConfig`, derived
+    fields filled). model.json defines the model, as in MindSpeed-MM; a flag that describes a
+    different model is an error, because the run would silently differ from what the script says
+    (and a checkpoint would not fit). Returns notices for differences that change nothing."""
+    td = model.text
     notices = []
-    hidden, heads = td.get("hidden_size"), td.get("num_attention_heads")
-    derived = {
-        "vocab_size": td.get("vocab_size"),
-        "num_layers": td.get("num_layers"),
-        "hidden_size": hidden,
-        "num_attention_heads": heads,
-        "ffn_hidden_size": td.get("ffn_hidden_size") or (4 * hidden if hidden else None),
-        "num_query_groups": td.get("num_query_groups") or heads,
-    }
-    for name, want in derived.items():
-        got = getattr(args, name)
+    for name in ("vocab_size", "num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size",
+                 "num_query_groups"):
+        got, want = getattr(args, name), getattr(td, name)
         if got is not None and want is not None and got != want:
             _err(f"--{name.replace('_', '-')} {got} disagrees with {path}: text_decoder.{name} = {want}. "
-                 f"model.json defines the model (its checkpoint has that shape); remove the flag from the script "
-                 f"or set it to {want}.")
-    if args.normalization and td.get("normalization") and args.normalization != td["normalization"]:
+                 f"model.json defines the model (and its checkpoint has that shape); remove the flag from the "
+                 f"script or set it to {want}.")
+    if args.normalization and args.normalization != td.normalization:
         _err(f"--normalization {args.normalization} disagrees with {path}: text_decoder.normalization = "
-             f"{td['normalization']}; remove the flag or make them equal.")
-    if args.swiglu and td.get("gated_linear_unit") is False:
+             f"{td.normalization}; remove the flag or make them equal.")
+    if args.swiglu and not td.gated_linear_unit:
         _err(f"--swiglu is given but {path} has text_decoder.gated_linear_unit = false; remove one of them.")
-    if args.group_query_attention and td.get("group_query_attention") is False:
+    if args.group_query_attention and not td.group_query_attention:
         _err(f"--group-query-attention is given but {path} has text_decoder.group_query_attention = false.")
-    if args.untie_embeddings_and_output_weights and td.get("untie_embeddings_and_output_weights") is False:
+    if args.untie_embeddings_and_output_weights and not td.untie_embeddings_and_output_weights:
         _err(f"--untie-embeddings-and-output-weights is given but {path} ties them "
              f"(text_decoder.untie_embeddings_and_output_weights = false).")
-    mpe = td.get("max_position_embeddings")
-    if args.max_position_embeddings is not None and mpe is not None and args.max_position_embeddings != mpe:
-        notices.append(f"--max-position-embeddings {args.max_position_embeddings} differs from {path} ({mpe}); "
-                       f"model.json's value is used")
-    if args.make_vocab_size_divisible_by != 128 and derived["vocab_size"] is not None:
+    if args.max_position_embeddings is not None and args.max_position_embeddings != td.max_position_embeddings:
+        notices.append(f"--max-position-embeddings {args.max_position_embeddings} differs from {path} "
+                       f"({td.max_position_embeddings}); model.json's value is used")
+    if args.make_vocab_size_divisible_by != 128:
         notices.append(f"--make-vocab-size-divisible-by {args.make_vocab_size_divisible_by}: the vocabulary is "
-                       f"model.json's {derived['vocab_size']}, unpadded (as in MindSpeed-MM)")
+                       f"model.json's {td.vocab_size}, unpadded (as in MindSpeed-MM)")
     return notices
 
 
+@dataclass
+class Startup:
+    """What `validate_args` established before any compute."""
+    notices: List[str]
+    model: object          # mindspeed_ms.config.model_config.Qwen2VLConfig
+    parallel: object       # mindspeed_ms.parallel.config.ParallelConfig
+
+
 def validate_args(args: TrainingArgs, world_size: int = 1, backend: str = "CPU",
-                  require_data: bool = True) -> List[str]:
+                  require_data: bool = True) -> Startup:
     """Check the arguments and their files before any compute; fill the derived fields.
 
-    Returns start-up notices (flags without effect here, model.json overrides). Raises
-    `ArgumentError` with one paragraph that names the flag/file and what to do."""
+    Raises `ArgumentError` with one paragraph that names the flag/file and what to do."""
+    from mindspeed_ms.config.model_config import ModelConfigError, load_model_json
+    from mindspeed_ms.parallel.config import check_backend_supports, validate_parallel_config
+    from mindspeed_ms.parallel.layout import ParallelConfigError
+
     notices = []
     args.world_size, args.backend = world_size, backend
     if require_data:
         _check_file("--mm-data", args.mm_data, "data.json with the datasets")
     _check_file("--mm-model", args.mm_model, "model.json with the model structure")
     try:
-        with open(args.mm_model) as fh:
-            model_json = json.load(fh)
-    except json.JSONDecodeError as e:
-        _err(f"--mm-model {args.mm_model} is not valid JSON ({e}); fix the file.")
-    notices += check_against_model_json(args, model_json, args.mm_model)
+        model = load_model_json(args.mm_model)
+    except (ModelConfigError, ValueError) as e:
+        _err(f"--mm-model {args.mm_model}: {e}")
+    notices += check_against_model_json(args, model, args.mm_model)
 
     if args.calculate_per_sample_loss and args.calculate_per_token_loss:
         _err("--calculate-per-sample-loss and --calculate-per-token-loss are mutually exclusive: choose one "
@@ -311,27 +312,22 @@ def validate_args(args: TrainingArgs, world_size: int = 1, backend: str = "CPU",
         _err(f"--seq-length must be a positive number of tokens (got {args.seq_length}).")
     if args.micro_batch_size <= 0:
         _err(f"--micro-batch-size must be positive (got {args.micro_batch_size}).")
-
     tp, pp, cp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.context_parallel_size
-    if min(tp, pp, cp) < 1:
-        _err(f"parallel sizes must be >= 1 (TP={tp}, PP={pp}, CP={cp}).")
-    if world_size % (tp * pp * cp):
-        _err(f"the world size {world_size} (msrun workers) is not divisible by TP x PP x CP = {tp}x{pp}x{cp} = "
-             f"{tp * pp * cp}; change the parallel sizes or the number of workers.")
-    if backend != "Ascend" and (tp > 1 or pp > 1 or cp > 1 or args.virtual_pipeline_model_parallel_size):
-        _err(f"TP={tp}, PP={pp}, CP={cp} needs MindSpore's semi-auto parallel mode, which runs only on Ascend "
-             f"(on CPU it fails with 'Invalid backend: CPU'). On CPU only data parallelism runs: set "
-             f"--tensor-model-parallel-size 1 --pipeline-model-parallel-size 1 --context-parallel-size 1 (and "
-             f"drop --virtual-pipeline-model-parallel-size) and let msrun's workers be DP ranks. The sharding "
-             f"plan itself can be checked on CPU with python -m mindspeed_ms.parallel.plan.")
-    args.data_parallel_size = world_size // (tp * pp * cp)
-    dp, mbs = args.data_parallel_size, args.micro_batch_size
+    dp = world_size // max(1, tp * pp * cp)
     if args.global_batch_size is None:
-        args.global_batch_size = mbs * dp
-    if args.global_batch_size % (mbs * dp):
+        args.global_batch_size = args.micro_batch_size * max(dp, 1)
+    if args.global_batch_size % (args.micro_batch_size * max(dp, 1)):
+        mbs = args.micro_batch_size
         _err(f"--global-batch-size {args.global_batch_size} is not divisible by --micro-batch-size x DP = "
-             f"{mbs} x {dp} = {mbs * dp}; gradient accumulation needs a whole number of micro-batches per "
-             f"rank (e.g. --global-batch-size {mbs * dp * max(1, args.global_batch_size // (mbs * dp))}).")
+             f"{mbs} x {dp} = {mbs * dp}: every DP rank needs a whole number of micro-batches per step "
+             f"(gradient accumulation); e.g. --global-batch-size {mbs * dp * max(1, args.global_batch_size // (mbs * dp))}.")
+    try:
+        pcfg = validate_parallel_config(args, model, world_size)
+        notices += pcfg.notices
+        notices += check_backend_supports(pcfg, backend)
+    except ParallelConfigError as e:
+        _err(str(e))
+    args.data_parallel_size = pcfg.dp
 
     if args.load and not os.path.isdir(args.load):
         _err(f"--load {args.load}: no such directory. Give a checkpoint directory (with "
@@ -340,11 +336,11 @@ def validate_args(args: TrainingArgs, world_size: int = 1, backend: str = "CPU",
     if args.load and not os.path.isfile(os.path.join(args.load, "latest_checkpointed_iteration.txt")):
         _err(f"--load {args.load} holds no checkpoint: latest_checkpointed_iteration.txt is missing. Convert an HF "
              f"checkpoint with mm-convert Qwen2VLConverter hf_to_mm --cfg.mm_dir {args.load} ..., or point --load "
-             f"at a --save directory of an earlier run.")
+             f"at the --save directory of an earlier run.")
     if args.save_interval is not None and args.save_interval <= 0:
         _err(f"--save-interval must be positive (got {args.save_interval}).")
     if args.log_interval <= 0 or args.eval_interval <= 0:
         _err("--log-interval and --eval-interval must be positive.")
     notices += [f"{flag}: no effect on {backend}" if "(" not in flag else flag
                 for flag in no_effect_flags(args, backend)]
-    return notices
+    return Startup(notices=notices, model=model, parallel=pcfg)

@@ -1,0 +1,62 @@
+"""The three loss modes of MindSpeed-MM, expressed as per-token weights (`loss_weights`).
+
+The model computes `sum(ce_token * loss_weights)`; every normalisation lives in the weights, so
+one compiled graph serves all modes and gradient accumulation and data parallelism reduce to
+*summing* gradients over micro-batches and ranks:
+
+- default: token mean within each micro-batch, averaged over the accumulation steps and DP ranks
+  -> weight = 1 / (valid tokens of the micro-batch x micro-batches per step x DP)
+- per sample (`--calculate-per-sample-loss`): token mean per sample, mean over the global batch's
+  samples -> weight = 1 / (valid tokens of the sample x global batch size)
+- per token (`--calculate-per-token-loss`): sum over the global batch / its valid-token count
+  -> weight = 1 / (valid tokens of the whole global batch, all ranks)
+
+Alignment (docs/architecture.md): `loss_weights[b, s]` weighs the prediction of `labels[b, s]`
+(made at position s-1), so column 0 is always 0.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+MODES = ("default", "per_sample", "per_token")
+
+
+def valid_label_mask(labels: np.ndarray) -> np.ndarray:
+    """[B, S] bool: labels that are predicted (shifted) and not ignored."""
+    mask = np.zeros(labels.shape, dtype=bool)
+    mask[:, 1:] = labels[:, 1:] != -100
+    return mask
+
+
+def count_valid_tokens(labels: np.ndarray) -> int:
+    return int(valid_label_mask(labels).sum())
+
+
+def make_loss_weights(labels: np.ndarray, mode: str, num_micro_batches: int, dp_size: int,
+                      global_batch_size: Optional[int] = None,
+                      global_valid_tokens: Optional[int] = None) -> np.ndarray:
+    """Weights for one micro-batch of one rank. `global_batch_size` is needed for per_sample,
+    `global_valid_tokens` (summed over all micro-batches and DP ranks of the step) for per_token.
+    A micro-batch (or sample) without any label token gets zero weight rather than a 0/0."""
+    if mode not in MODES:
+        raise ValueError(f"loss mode {mode!r}: use one of {MODES}")
+    valid = valid_label_mask(np.asarray(labels))
+    w = np.zeros(valid.shape, dtype=np.float64)
+    if mode == "default":
+        n = valid.sum()
+        if n:
+            w[valid] = 1.0 / (float(n) * num_micro_batches * dp_size)
+    elif mode == "per_sample":
+        if global_batch_size is None:
+            raise ValueError("per-sample loss weights need the global batch size")
+        per_sample = valid.sum(axis=1)
+        for b in np.nonzero(per_sample)[0]:
+            w[b, valid[b]] = 1.0 / (float(per_sample[b]) * global_batch_size)
+    else:
+        if global_valid_tokens is None:
+            raise ValueError("per-token loss weights need the global valid-token count")
+        if global_valid_tokens:
+            w[valid] = 1.0 / float(global_valid_tokens)
+    return w.astype(np.float32)

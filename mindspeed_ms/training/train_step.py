@@ -1,0 +1,105 @@
+"""The compiled pieces of a training step.
+
+`MicroStep` is one GRAPH-mode Cell doing forward + backward of a micro-batch and adding the
+gradients into fp32 accumulators (a whole-step Cell: much faster on CPU than ms.jit around
+value_and_grad, see the reference notes). MindSpore compiles it once per input shape, and the
+collator pads to a few buckets, so a run compiles a handful of graphs; `compilations` reports
+how many.
+
+`OptimizerStep` is compiled once: it sums the accumulated gradients over the data-parallel ranks
+(AllReduce; the loss weights already hold the 1/N normalisation, so a sum is the right reduction),
+computes the global gradient norm, clips, and applies AdamW.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import mindspore as ms
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+
+from mindspeed_ms.training.optimizer import AdamW, GradNormClip
+
+# Batch keys fed to the loss Cell, in this order (docs/architecture.md, the batch contract).
+TRAIN_KEYS = ("input_ids", "attention_mask", "labels", "position_ids", "pixel_values", "vision_pos_ids",
+              "vision_segment_ids", "vision_gather_index", "vision_token_mask", "loss_weights")
+
+_acc = ops.MultitypeFuncGraph("acc")
+
+
+@_acc.register("Tensor", "Tensor", "Tensor")
+def _acc_one(first, acc, grad):
+    grad = grad.astype(ms.float32)
+    # select, not acc*0+grad: a stale inf/nan in the buffer must not leak into the next step
+    return ops.assign(acc, ops.select(first, grad, acc + grad))
+
+
+class MicroStep(nn.Cell):
+    """forward + backward of one micro-batch; gradients added into `accum` (overwritten when
+    `first` is True). Returns the (weighted) loss of the micro-batch."""
+
+    def __init__(self, loss_cell: nn.Cell, params: Sequence[Parameter], accum: ParameterTuple):
+        super().__init__(auto_prefix=False)
+        self.loss_cell = loss_cell
+        self.weights = ParameterTuple(params)
+        self.accum = accum
+        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, first, *batch):
+        loss = self.loss_cell(*batch)
+        sens = ops.ones_like(loss)
+        grads = self.grad(self.loss_cell, self.weights)(*batch, sens)
+        done = self.hyper_map(ops.partial(_acc, first), self.accum, grads)
+        return ops.depend(loss, done)
+
+    @property
+    def compilations(self) -> int:
+        """Graphs MindSpore compiled for this Cell so far (one per distinct input signature)."""
+        return len(self.compile_cache)
+
+
+class OptimizerStep(nn.Cell):
+    """AllReduce (sum) over DP, global norm, clipping, AdamW. Returns (loss summed over DP, norm)."""
+
+    def __init__(self, accum: ParameterTuple, optimizer: AdamW, clip_grad: float, dp_size: int):
+        super().__init__(auto_prefix=False)
+        self.accum = accum
+        self.optimizer = optimizer
+        self.clip = GradNormClip(clip_grad)
+        self.dp_size = dp_size
+        if dp_size > 1:
+            self.allreduce = ops.AllReduce(op=ops.ReduceOp.SUM)
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, loss, decay_factor, step_size, bc2_sqrt):
+        grads = self.hyper_map(ops.partial(ops.mul, 1.0), self.accum)   # read the buffers into values
+        if self.dp_size > 1:
+            grads = self.hyper_map(self.allreduce, grads)
+            loss = self.allreduce(loss)
+        grads, norm = self.clip(grads)
+        updated = self.optimizer(grads, decay_factor, step_size, bc2_sqrt)
+        return ops.depend(loss, updated), norm
+
+
+def make_accumulators(params: Sequence[Parameter]) -> ParameterTuple:
+    return ParameterTuple([Parameter(ops.zeros(p.shape, ms.float32), name="grad_acc." + p.name,
+                                     requires_grad=False) for p in params])
+
+
+class ForwardOnly(nn.Cell):
+    """Validation: the weighted loss of a micro-batch, no gradients."""
+
+    def __init__(self, loss_cell: nn.Cell):
+        super().__init__(auto_prefix=False)
+        self.loss_cell = loss_cell
+
+    def construct(self, *batch):
+        return self.loss_cell(*batch)
+
+    @property
+    def compilations(self) -> int:
+        return len(self.compile_cache)
+
+
+def host_tensor(value, dtype=ms.float32) -> Tensor:
+    return Tensor(value, dtype)
