@@ -11,8 +11,8 @@ one compiled graph serves all modes and gradient accumulation and data paralleli
 - per token (`--calculate-per-token-loss`): sum over the global batch / its valid-token count
   -> weight = 1 / (valid tokens of the whole global batch, all ranks)
 
-Alignment (docs/architecture.md): `loss_weights[b, s]` weighs the prediction of `labels[b, s]`
-(made at position s-1), so column 0 is always 0.
+Alignment (docs/architecture.md): `loss_weights[b, s]` weighs the prediction made at position s,
+i.e. of `labels[b, s+1]`, so the last column is always 0.
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ MODES = ("default", "per_sample", "per_token")
 
 
 def valid_label_mask(labels: np.ndarray) -> np.ndarray:
-    """[B, S] bool: labels that are predicted (shifted) and not ignored."""
+    """[B, S] bool: position s predicts a real label (labels[:, s+1] != -100)."""
     mask = np.zeros(labels.shape, dtype=bool)
-    mask[:, 1:] = labels[:, 1:] != -100
+    mask[:, :-1] = labels[:, 1:] != -100
     return mask
 
 
