@@ -101,5 +101,12 @@ class ForwardOnly(nn.Cell):
         return len(self.compile_cache)
 
 
-def host_tensor(value, dtype=ms.float32) -> Tensor:
-    return Tensor(value, dtype)
+class AllReduceSum(nn.Cell):
+    """Sum a tensor over the data-parallel ranks (validation loss, per-token counts)."""
+
+    def __init__(self):
+        super().__init__()
+        self.op = ops.AllReduce(op=ops.ReduceOp.SUM)
+
+    def construct(self, x):
+        return self.op(x)
