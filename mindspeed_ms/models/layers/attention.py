@@ -1,0 +1,67 @@
+"""Attention core: softmax(q k^T * scale + mask) v with grouped kv heads.
+
+Two backends behind one interface, so the model math never changes:
+- "matmul" (CPU / reference): BatchMatMul + fp32 Softmax with an additive mask. Query heads are
+  grouped by their kv head (`[B, kv, rep*Sq, D]`), so GQA needs no repeat of k/v.
+- "flash" (Ascend A2): `FlashAttentionScore` in BNSD layout with the same mask as a boolean
+  "discard" mask (block-diagonal for the ViT, causal+padding for the LLM).
+The primitives are attributes (`bmm_qk`, `bmm_pv`, `softmax`, `flash_attention`) so the parallel
+package can shard them by heads.
+"""
+import mindspore as ms
+from mindspore import nn, ops
+
+# Additive mask value: exp(x - max) underflows to exactly 0 in fp32, and unlike -inf a fully
+# masked row (a padding query) stays finite instead of producing NaN.
+MASK_VALUE = -1e9
+BACKENDS = ("matmul", "flash")
+
+
+class CoreAttention(nn.Cell):
+    def __init__(self, num_heads, num_kv_heads, head_dim, backend="matmul"):
+        super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"attention backend '{backend}' unknown; one of {BACKENDS}")
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.rep = num_heads // num_kv_heads
+        self.head_dim = head_dim
+        self.scale = head_dim ** -0.5
+        self.backend = backend
+        self.bmm_qk = ops.BatchMatMul(transpose_b=True)
+        self.bmm_pv = ops.BatchMatMul()
+        self.softmax = ops.Softmax(axis=-1)
+        self.mul_scale = ops.Mul()
+        self.add_mask = ops.Add()
+        self.cast = ops.Cast()
+        self.reshape = ops.Reshape()
+        self.transpose = ops.Transpose()
+        if backend == "flash":
+            from mindspore.ops.operations.nn_ops import FlashAttentionScore
+            self.flash_attention = FlashAttentionScore(head_num=num_heads, scale_value=self.scale,
+                                                       input_layout="BNSD", sparse_mode=0)
+
+    def construct(self, q, k, v, mask):
+        """q [B, Nq, Sq, D]; k, v [B, Nkv, Sk, D]; mask additive fp32 [B or 1, 1, Sq, Sk] (0 keep,
+        MASK_VALUE drop). Returns [B, Sq, Nq*D]."""
+        b, _, sq, d = q.shape
+        sk = k.shape[2]
+        if self.backend == "flash":
+            dtype = q.dtype
+            fdtype = ms.bfloat16 if dtype == ms.float32 else dtype
+            discard = self.cast(mask < 0, ms.uint8)
+            _, _, _, out = self.flash_attention(self.cast(q, fdtype), self.cast(k, fdtype), self.cast(v, fdtype),
+                                                None, None, None, discard, None)
+            out = self.cast(out, dtype)
+        else:
+            qg = self.reshape(q, (b, self.num_kv_heads, self.rep * sq, d))
+            scores = self.mul_scale(self.bmm_qk(qg, k), self.scale)
+            scores = self.reshape(self.cast(scores, ms.float32), (b, self.num_kv_heads, self.rep, sq, sk))
+            scores = self.add_mask(scores, self.reshape(mask, (mask.shape[0], 1, 1, sq, sk)))
+            probs = self.cast(self.softmax(scores), v.dtype)
+            probs = self.reshape(probs, (b, self.num_kv_heads, self.rep * sq, sk))
+            out = self.reshape(self.bmm_pv(probs, v), (b, self.num_heads, sq, d))
+        out = self.transpose(out, (0, 2, 1, 3))
+        return self.reshape(out, (b, sq, self.num_heads * d))

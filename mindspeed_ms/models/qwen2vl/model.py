@@ -1,0 +1,193 @@
+"""Qwen2VLForConditionalGeneration: image encoder + text decoder + shifted CE loss.
+
+Two ways to call it:
+- the batch contract of docs/architecture.md (what the collator builds and the compiled training
+  step feeds): `model(input_ids, attention_mask, position_ids, pixel_values, vision_pos_ids,
+  vision_segment_ids, vision_gather_index, vision_token_mask, labels=None, loss_weights=None)`
+  -> logits, or (loss, logits) when labels are given. Shape-static, no host logic: this is
+  `construct`, run in GRAPH or PYNATIVE mode.
+- HF style: `out = model(input_ids=..., attention_mask=..., pixel_values=..., image_grid_thw=...,
+  pixel_values_videos=..., video_grid_thw=..., labels=...)` with numpy arrays or Tensors; the
+  batch contract is built on the host (rope.py / inputs.py) and `construct` is called.
+  Returns `Qwen2VLOutput` with `.logits`, `.loss` (labels given), `.rope_deltas`.
+"""
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+
+from mindspeed_ms.config.model_config import Qwen2VLConfig, config_from_hf
+from mindspeed_ms.models.qwen2vl.inputs import build_vision_inputs, check_pixel_values
+from mindspeed_ms.models.qwen2vl.language import TextDecoder
+from mindspeed_ms.models.qwen2vl.loss import CausalLMLoss
+from mindspeed_ms.models.qwen2vl.projector import ImageEncoder
+from mindspeed_ms.models.qwen2vl.rope import get_rope_index
+
+CONTRACT_KEYS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "vision_pos_ids",
+                 "vision_segment_ids", "vision_gather_index", "vision_token_mask", "labels", "loss_weights")
+# batch keys kept for host-side checks only; the graph does not take them
+HOST_ONLY_KEYS = ("image_grid_thw", "video_grid_thw")
+HF_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "pixel_values_videos",
+           "video_grid_thw", "labels", "loss_weights")
+
+
+@dataclass
+class Qwen2VLOutput:
+    logits: Any
+    loss: Optional[Any] = None
+    rope_deltas: Optional[np.ndarray] = None
+    past_key_values: Optional[tuple] = None
+
+
+def _np(x, dtype=None):
+    if x is None:
+        return None
+    if isinstance(x, Tensor):
+        x = x.asnumpy()
+    x = np.asarray(x)
+    return x.astype(dtype) if dtype is not None else x
+
+
+class Qwen2VLForConditionalGeneration(nn.Cell):
+    """The Qwen2-VL model with MindSpeed-MM parameter names (`image_encoder.*`, `text_decoder.*`).
+
+    `attention_backend`: "matmul" (CPU, reference) or "flash" (Ascend FlashAttentionScore).
+    """
+
+    def __init__(self, config: Qwen2VLConfig, attention_backend="matmul", dtype=ms.float32):
+        super().__init__()
+        self.config = config
+        self.image_encoder = ImageEncoder(config.vision, config.projector, attention_backend, dtype)
+        self.text_decoder = TextDecoder(config.text, attention_backend, dtype)
+        self.loss_fn = CausalLMLoss()
+        self.gather_features = ops.Gather()
+        self.select = ops.Select()
+
+    # ------------------------------------------------------------------ graph path
+    def merge_vision(self, input_ids, pixel_values, vision_pos_ids, vision_segment_ids,
+                     vision_gather_index, vision_token_mask):
+        """Token embeddings with vision features placed at the image/video pad tokens."""
+        embeds = self.text_decoder.embedding(input_ids)
+        feats = self.image_encoder(pixel_values, vision_pos_ids, vision_segment_ids)
+        b, s = input_ids.shape
+        gathered = ops.reshape(self.gather_features(feats, ops.reshape(vision_gather_index, (-1,)), 0),
+                               (b, s, -1))
+        take = ops.broadcast_to(ops.expand_dims(vision_token_mask > 0, -1), embeds.shape)
+        return self.select(take, ops.cast(gathered, embeds.dtype), embeds)
+
+    def construct(self, input_ids, attention_mask, position_ids, pixel_values, vision_pos_ids,
+                  vision_segment_ids, vision_gather_index, vision_token_mask, labels=None, loss_weights=None):
+        embeds = self.merge_vision(input_ids, pixel_values, vision_pos_ids, vision_segment_ids,
+                                   vision_gather_index, vision_token_mask)
+        logits = self.text_decoder(embeds, position_ids, attention_mask)
+        if labels is None:
+            return logits
+        return self.loss_fn(logits, labels, loss_weights), logits
+
+    # ------------------------------------------------------------------ HF-style path
+    def __call__(self, *args, **kwargs):
+        if args or "vision_segment_ids" in kwargs:
+            for key in HOST_ONLY_KEYS:
+                kwargs.pop(key, None)
+            return super().__call__(*args, **kwargs)
+        return self.forward_hf(**kwargs)
+
+    def prepare_batch(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
+                      pixel_values_videos=None, video_grid_thw=None, labels=None, loss_weights=None):
+        """Host side: the contract batch (numpy) and rope_deltas from HF-style inputs."""
+        cfg = self.config
+        merge = cfg.vision.spatial_merge_size
+        input_ids = _np(input_ids)
+        if input_ids.ndim == 1:
+            input_ids = input_ids[None]
+        attention_mask = np.ones_like(input_ids) if attention_mask is None else _np(attention_mask).reshape(input_ids.shape)
+        if (pixel_values is None) != (image_grid_thw is None):
+            raise ValueError("pixel_values and image_grid_thw must be given together")
+        if (pixel_values_videos is None) != (video_grid_thw is None):
+            raise ValueError("pixel_values_videos and video_grid_thw must be given together")
+        patch_dim = cfg.vision.patch_dim
+        pieces = []
+        if pixel_values is not None:
+            check_pixel_values(_np(pixel_values), _np(image_grid_thw), patch_dim, "pixel_values", "image_grid_thw")
+            pieces.append(_np(pixel_values, np.float32))
+        if pixel_values_videos is not None:
+            check_pixel_values(_np(pixel_values_videos), _np(video_grid_thw), patch_dim,
+                               "pixel_values_videos", "video_grid_thw")
+            pieces.append(_np(pixel_values_videos, np.float32))
+        image_grid_thw, video_grid_thw = _np(image_grid_thw), _np(video_grid_thw)
+        if pieces:
+            pixels = np.concatenate(pieces, axis=0)
+        else:
+            # no vision input: one unreferenced dummy window keeps the same graph (as the collator does)
+            pixels = np.zeros((merge * merge, patch_dim), dtype=np.float32)
+        vis = build_vision_inputs(input_ids, image_grid_thw, video_grid_thw, num_patches=pixels.shape[0],
+                                  spatial_merge_size=merge, image_token_id=cfg.img_context_token_id,
+                                  video_token_id=cfg.video_token_id)
+        position_ids, rope_deltas = get_rope_index(
+            input_ids, image_grid_thw, video_grid_thw, attention_mask, merge, cfg.img_context_token_id,
+            cfg.video_token_id, cfg.vision_start_token_id)
+        batch = {"input_ids": input_ids.astype(np.int32), "attention_mask": attention_mask.astype(np.int32),
+                 "position_ids": position_ids, "pixel_values": pixels, **vis}
+        if labels is not None:
+            batch["labels"] = _np(labels).reshape(input_ids.shape).astype(np.int32)
+        if loss_weights is not None:
+            batch["loss_weights"] = _np(loss_weights, np.float32).reshape(input_ids.shape)
+        return batch, rope_deltas
+
+    def forward_hf(self, input_ids=None, attention_mask=None, pixel_values=None, image_grid_thw=None,
+                   pixel_values_videos=None, video_grid_thw=None, labels=None, loss_weights=None, **unknown):
+        if unknown:
+            raise TypeError(f"unexpected arguments {sorted(unknown)}; accepted: {', '.join(HF_KEYS)}")
+        if input_ids is None:
+            raise ValueError("input_ids is required")
+        batch, rope_deltas = self.prepare_batch(input_ids, attention_mask, pixel_values, image_grid_thw,
+                                                pixel_values_videos, video_grid_thw, labels, loss_weights)
+        args = [Tensor(batch[k]) for k in CONTRACT_KEYS[:8]]
+        kwargs = {}
+        if "labels" in batch:
+            kwargs["labels"] = Tensor(batch["labels"])
+        if "loss_weights" in batch:
+            kwargs["loss_weights"] = Tensor(batch["loss_weights"])
+        out = super().__call__(*args, **kwargs)
+        if "labels" in batch:
+            return Qwen2VLOutput(logits=out[1], loss=out[0], rope_deltas=rope_deltas)
+        return Qwen2VLOutput(logits=out, rope_deltas=rope_deltas)
+
+    # ------------------------------------------------------------------ weights
+    def load_mm_state_dict(self, state_dict, strict=True):
+        """Load numpy arrays (or Tensors) by MindSpeed-MM name. With `strict`, a missing or unknown
+        name or a shape mismatch is an error listing the names."""
+        params = self.parameters_dict()
+        unknown = sorted(set(state_dict) - set(params))
+        missing = sorted(set(params) - set(state_dict))
+        if strict and (unknown or missing):
+            raise ValueError(f"state dict does not match the model: missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+                             f"unknown {unknown[:8]}{'...' if len(unknown) > 8 else ''}")
+        for name, value in state_dict.items():
+            if name not in params:
+                continue
+            p = params[name]
+            arr = _np(value)
+            if tuple(arr.shape) != tuple(p.shape):
+                raise ValueError(f"{name}: checkpoint shape {tuple(arr.shape)} != model shape {tuple(p.shape)}")
+            if arr.dtype != np.float32:  # e.g. ml_dtypes.bfloat16 from safetensors
+                arr = arr.astype(np.float32)
+            p.set_data(Tensor(arr, dtype=p.dtype))
+        return missing, unknown
+
+    def mm_state_dict(self):
+        """name -> numpy array of every parameter (MindSpeed-MM names)."""
+        return {name: p.asnumpy() for name, p in self.parameters_dict().items()}
+
+    @classmethod
+    def from_pretrained(cls, hf_dir, attention_backend="matmul", dtype=ms.float32):
+        """Build from an HF checkpoint directory (config.json + safetensors, single or sharded)."""
+        from mindspeed_ms.checkpoint.hf_io import load_hf_config, load_hf_state_dict
+        from mindspeed_ms.checkpoint.names import hf_to_mm_state_dict
+        hf_config = load_hf_config(hf_dir)
+        cfg = config_from_hf(hf_config)
+        model = cls(cfg, attention_backend, dtype)
+        model.load_mm_state_dict(hf_to_mm_state_dict(load_hf_state_dict(hf_dir), hf_config))
+        return model
