@@ -1,0 +1,141 @@
+"""Batches in the model input contract of docs/architecture.md (a dict of numpy arrays).
+
+Graph mode compiles one step per input shape, so the sequence axis is padded to a small set of
+length buckets (multiples of 8: 64, 96, 128, 192, 256, ... up to --seq-length) and the vision
+patch axis to patch buckets (64, 96, 128, 192, ... patches; multiples of 16 so merge windows stay
+whole). A batch without any image or video carries only padding patches (the "dummy image": 4
+patches, one merged token, referenced by no token) so every rank runs the same graph. Padding never
+changes results: padded tokens have attention_mask 0 and label -100, padded patches have their own
+ViT segment and are gathered by no token.
+"""
+import numpy as np
+
+from mindspeed_ms.data.template import IGNORE_INDEX
+from mindspeed_ms.models.qwen2vl.inputs import build_vision_inputs
+from mindspeed_ms.models.qwen2vl.rope import get_rope_index
+from mindspeed_ms.training.loss_weights import make_loss_weights
+
+PAD_TOKEN_ID = 151643  # <|endoftext|>
+DUMMY_PATCHES = 4  # one 28x28 image: 2x2 patches of 14, one merged token
+PATCH_DIM = 3 * 2 * 14 * 14
+
+
+def _round_up(n, m):
+    return -(-n // m) * m
+
+
+def length_buckets(max_len, start=64, multiple=8):
+    """Sorted bucket sizes: start * {1, 1.5} * 2^k, multiples of `multiple`, the last = max_len rounded up."""
+    top = _round_up(max_len, multiple)
+    out, b = [], start
+    while b < top:
+        out += [_round_up(b, multiple)] + ([_round_up(b * 3 // 2, multiple)] if b * 3 // 2 < top else [])
+        b *= 2
+    return sorted(set(out + [top]))
+
+
+def pick_bucket(n, buckets):
+    for b in buckets:
+        if b >= n:
+            return b
+    raise ValueError(f"length {n} exceeds the largest bucket {buckets[-1]} (sequences must be cut to --seq-length)")
+
+
+def patch_bucket(n, start=64, multiple=16):
+    """Patch-axis size for n real patches: DUMMY_PATCHES when none, else start * {1, 1.5} * 2^k."""
+    if n == 0:
+        return DUMMY_PATCHES
+    b = start
+    while True:
+        for c in (b, b * 3 // 2):
+            if c >= n:
+                return _round_up(c, multiple)
+        b *= 2
+
+
+class Qwen2VLCollator:
+    """`collator(samples) -> batch` for SFT samples ({"input_ids", "labels", optional pixels})."""
+
+    def __init__(self, seq_length, pad_token_id=PAD_TOKEN_ID, buckets=None, padding_side="right",
+                 ignore_pad_token_for_loss=True, pad_to_multiple_of=8, merge_size=2, patch_dim=PATCH_DIM):
+        if pad_to_multiple_of % 8:
+            raise ValueError(f"pad_to_multiple_of={pad_to_multiple_of}: must be a multiple of 8")
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side {padding_side!r}: use 'right' or 'left'")
+        self.buckets = sorted(buckets) if buckets else length_buckets(seq_length, multiple=pad_to_multiple_of)
+        if any(b % 8 for b in self.buckets):
+            raise ValueError(f"length buckets {self.buckets} must all be multiples of 8")
+        self.pad_token_id, self.padding_side, self.merge_size, self.patch_dim = pad_token_id, padding_side, merge_size, patch_dim
+        self.label_pad = IGNORE_INDEX if ignore_pad_token_for_loss else pad_token_id
+
+    def _pad(self, seqs, length, value):
+        out = np.full((len(seqs), length), value, dtype=np.int32)
+        for i, s in enumerate(seqs):
+            if self.padding_side == "right":
+                out[i, :len(s)] = s
+            else:
+                out[i, length - len(s):] = s
+        return out
+
+    def __call__(self, samples):
+        if not samples:
+            raise ValueError("cannot collate an empty batch")
+        lens = [len(s["input_ids"]) for s in samples]
+        S = pick_bucket(max(lens), self.buckets)
+        input_ids = self._pad([s["input_ids"] for s in samples], S, self.pad_token_id)
+        labels = self._pad([s["labels"] for s in samples], S, self.label_pad)
+        attention_mask = self._pad([np.ones(n, np.int32) for n in lens], S, 0)
+
+        def cat(key, width):
+            parts = [s[key] for s in samples if s.get(key) is not None and len(s[key])]
+            return np.concatenate(parts) if parts else np.zeros((0, width), np.float32 if width == self.patch_dim else np.int64)
+
+        img_pv, img_grid = cat("pixel_values", self.patch_dim), cat("image_grid_thw", 3).astype(np.int64)
+        vid_pv, vid_grid = cat("pixel_values_videos", self.patch_dim), cat("video_grid_thw", 3).astype(np.int64)
+        real = img_pv.shape[0] + vid_pv.shape[0]
+        N = patch_bucket(real)
+        pixel_values = np.zeros((N, self.patch_dim), dtype=np.float32)
+        pixel_values[:img_pv.shape[0]] = img_pv
+        pixel_values[img_pv.shape[0]:real] = vid_pv
+        vis = build_vision_inputs(input_ids, img_grid, vid_grid, num_patches=N, spatial_merge_size=self.merge_size)
+        position_ids, _ = get_rope_index(input_ids, img_grid, vid_grid, attention_mask, self.merge_size)
+        return {
+            "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+            "position_ids": position_ids.astype(np.int32), "pixel_values": pixel_values, **vis,
+            "loss_weights": default_loss_weights(labels),
+            "image_grid_thw": img_grid, "video_grid_thw": vid_grid,
+        }
+
+
+def default_loss_weights(labels):
+    """Token mean over the micro-batch (HF semantics); training rescales for its loss modes."""
+    return make_loss_weights(labels, "default", num_micro_batches=1, dp_size=1)
+
+
+def loss_weights_for_mode(labels, mode, num_micro_batches=1, dp_size=1, global_batch_size=None,
+                          global_valid_tokens=None):
+    """`loss_weights` for the three loss modes ("default", "per_sample", "per_token"); see
+    `mindspeed_ms.training.loss_weights.make_loss_weights`, which this delegates to."""
+    return make_loss_weights(labels, mode, num_micro_batches, dp_size, global_batch_size, global_valid_tokens)
+
+
+class Qwen2VLDPOCollator(Qwen2VLCollator):
+    """Pairwise batch of 2n rows: the n chosen sequences, then the n rejected ones (each row carries
+    its sample's images, so the vision features follow the rows' order)."""
+
+    def __call__(self, samples):
+        rows = []
+        for kind in ("chosen", "rejected"):
+            for s in samples:
+                row = {k: v for k, v in s.items() if not k.startswith(("chosen_", "rejected_"))}
+                row.update(input_ids=s[f"{kind}_input_ids"], labels=s[f"{kind}_labels"])
+                rows.append(row)
+        return super().__call__(rows)
+
+
+def build_collator(cfg, seq_length, **kwargs):
+    """The collator named by `dataloader_param.collate_param.model_name` of a DataConfig."""
+    cp = cfg.dataloader_param.collate_param
+    cls = Qwen2VLDPOCollator if cp.model_name == "qwen2vl_dpo" else Qwen2VLCollator
+    return cls(seq_length, ignore_pad_token_for_loss=cp.ignore_pad_token_for_loss,
+               pad_to_multiple_of=cp.pad_to_multiple_of, **kwargs)

@@ -1,0 +1,115 @@
+"""Dataset formats -> aligned samples (MindSpeed-MM's sharegpt / alpaca converters, ranking too).
+
+An aligned sample is {"prompt": [{"role", "content"}...], "response": [...], "system": str,
+"images": [paths], "videos": [paths]}; `response` has one message (SFT) or two (chosen, rejected).
+Samples that MindSpeed-MM drops (a role in the wrong place, an odd/even message count) raise
+`BrokenSample`; the dataset skips and counts them.
+"""
+import os
+
+from mindspeed_ms.data.template import PROMPT_ROLES, RESPONSE_ROLES
+
+
+class BrokenSample(ValueError):
+    """A sample MindSpeed-MM skips (with a warning) rather than failing the run."""
+
+
+def find_media(files, dataset_dir):
+    """Media paths of a sample: joined to `dataset_dir` when that file exists, else as written."""
+    if files is None:
+        return []
+    if isinstance(files, str):
+        files = [files]
+    if not isinstance(files, list):
+        raise ValueError(f"media column must be a path or a list of paths, got {type(files).__name__}")
+    out = []
+    for f in files:
+        if not isinstance(f, str):
+            raise ValueError(f"media path must be a string, got {f!r}")
+        joined = os.path.join(dataset_dir, f) if dataset_dir else f
+        out.append(joined if os.path.isfile(joined) or os.path.isdir(joined) else f)
+    return out
+
+
+def _get(example, column, what):
+    if column not in example:
+        raise ValueError(f"column {column!r} ({what}) is missing; set attr.{what} to the right column name")
+    return example[column]
+
+
+def _message(msg, attr, where):
+    if not isinstance(msg, dict):
+        raise BrokenSample(f"{where} is not an object: {msg!r}")
+    role, content = msg.get(attr.role_tag), msg.get(attr.content_tag)
+    if not isinstance(content, str):
+        raise BrokenSample(f"{where} has no string {attr.content_tag!r}")
+    return role, content
+
+
+def align_sharegpt(example, attr):
+    tag_map = {attr.user_tag: "user", attr.assistant_tag: "assistant", attr.observation_tag: "observation",
+               attr.function_tag: "function", attr.system_tag: "system"}
+    tag_map.pop(None, None)
+    messages = _get(example, attr.messages, "messages")
+    if not isinstance(messages, list):
+        raise BrokenSample(f"{attr.messages!r} is not a list of messages")
+    system = ""
+    if attr.system_tag and messages and isinstance(messages[0], dict) and messages[0].get(attr.role_tag) == attr.system_tag:
+        system = _message(messages[0], attr, "message 0")[1]
+        messages = messages[1:]
+    elif attr.system:
+        system = example.get(attr.system) or ""
+    aligned = []
+    for i, msg in enumerate(messages):
+        role, content = _message(msg, attr, f"message {i}")
+        role = tag_map.get(role)
+        accepted = PROMPT_ROLES if i % 2 == 0 else RESPONSE_ROLES
+        if role not in accepted:
+            raise BrokenSample(f"message {i} has role {msg.get(attr.role_tag)!r} where a "
+                               f"{'user/observation' if i % 2 == 0 else 'assistant/function'} role is expected")
+        aligned.append({"role": role, "content": content})
+    if attr.ranking:
+        if len(aligned) % 2 == 0:
+            raise BrokenSample(f"a ranking sample needs an odd number of messages (ending with the prompt), got {len(aligned)}")
+        pair = []
+        for col in (attr.chosen, attr.rejected):
+            role, content = _message(_get(example, col, "chosen" if col == attr.chosen else "rejected"), attr, col)
+            if tag_map.get(role) not in RESPONSE_ROLES:
+                raise BrokenSample(f"{col} has role {role!r}, expected the assistant tag {attr.assistant_tag!r}")
+            pair.append({"role": tag_map[role], "content": content})
+        return {"prompt": aligned, "response": pair, "system": system}
+    if not aligned or len(aligned) % 2:
+        raise BrokenSample(f"a conversation needs an even, non-zero number of messages, got {len(aligned)}")
+    return {"prompt": aligned[:-1], "response": aligned[-1:], "system": system}
+
+
+def align_alpaca(example, attr):
+    prompt = []
+    if attr.history and isinstance(example.get(attr.history), list):
+        for old in example[attr.history]:
+            if not (isinstance(old, (list, tuple)) and len(old) == 2):
+                raise BrokenSample(f"{attr.history!r} must hold [prompt, response] pairs")
+            prompt += [{"role": "user", "content": old[0]}, {"role": "assistant", "content": old[1]}]
+    query = [example[c] for c in (attr.prompt, attr.query) if c and example.get(c)]
+    prompt.append({"role": "user", "content": "\n".join(query)})
+    if attr.ranking:
+        c, r = example.get(attr.chosen), example.get(attr.rejected)
+        if not (isinstance(c, str) and isinstance(r, str)):
+            raise BrokenSample(f"ranking alpaca sample needs string {attr.chosen!r} and {attr.rejected!r}")
+        response = [{"role": "assistant", "content": c}, {"role": "assistant", "content": r}]
+    else:
+        out = example.get(attr.response)
+        if not isinstance(out, str):
+            raise BrokenSample(f"alpaca sample has no string {attr.response!r}")
+        response = [{"role": "assistant", "content": out}]
+    system = (example.get(attr.system) or "") if attr.system else ""
+    return {"prompt": prompt, "response": response, "system": system}
+
+
+def align_example(example, attr, dataset_dir):
+    """One raw JSON record -> aligned sample (see module docstring)."""
+    fn = align_sharegpt if attr.formatting == "sharegpt" else align_alpaca
+    out = fn(example, attr)
+    out["images"] = find_media(example.get(attr.images), dataset_dir) if attr.images else []
+    out["videos"] = find_media(example.get(attr.videos), dataset_dir) if attr.videos else []
+    return out
