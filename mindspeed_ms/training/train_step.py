@@ -19,9 +19,10 @@ from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 from mindspeed_ms.training.optimizer import AdamW, GradNormClip
 
-# Batch keys fed to the loss Cell, in this order (docs/architecture.md, the batch contract).
-TRAIN_KEYS = ("input_ids", "attention_mask", "labels", "position_ids", "pixel_values", "vision_pos_ids",
-              "vision_segment_ids", "vision_gather_index", "vision_token_mask", "loss_weights")
+# Batch keys fed to the loss Cell, in this order (docs/architecture.md, the batch contract; the
+# positional order of Qwen2VLForConditionalGeneration.construct).
+TRAIN_KEYS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "vision_pos_ids",
+              "vision_segment_ids", "vision_gather_index", "vision_token_mask", "labels", "loss_weights")
 
 _acc = ops.MultitypeFuncGraph("acc")
 
@@ -31,6 +32,20 @@ def _acc_one(first, acc, grad):
     grad = grad.astype(ms.float32)
     # select, not acc*0+grad: a stale inf/nan in the buffer must not leak into the next step
     return ops.assign(acc, ops.select(first, grad, acc + grad))
+
+
+class LossCell(nn.Cell):
+    """The model's weighted loss alone (logits dropped), parameter names unchanged (MM names)."""
+
+    def __init__(self, model: nn.Cell):
+        super().__init__(auto_prefix=False)
+        self.network = model
+
+    def construct(self, input_ids, attention_mask, position_ids, pixel_values, vision_pos_ids, vision_segment_ids,
+                  vision_gather_index, vision_token_mask, labels, loss_weights):
+        loss, _ = self.network(input_ids, attention_mask, position_ids, pixel_values, vision_pos_ids,
+                               vision_segment_ids, vision_gather_index, vision_token_mask, labels, loss_weights)
+        return loss
 
 
 class MicroStep(nn.Cell):
