@@ -41,45 +41,48 @@ def script_plan(size, backend="Ascend"):
 def test_script_layouts_pass_the_checker(size):
     cfg, pcfg, plan = script_plan(size)
     assert check_plan(plan) == []
-    # every parameter lives on exactly one stage, cut as mm-convert cuts it
-    from mindspeed_ms.config.param_shapes import mm_param_shapes
-    full = mm_param_shapes(cfg)
+    # every parameter lives on exactly one stage
+    from mindspeed_ms.config.param_shapes import param_count
     total = sum(int(np.prod(s)) for stage in range(pcfg.pp)
                 for chunk in rank_param_shapes(plan, stage).values() for s in chunk.values())
-    expected = sum(int(np.prod(_expected_mm_convert_shape(n, s, pcfg.tp))) for n, s in full.items())
-    assert total == expected
+    assert pcfg.tp > 1 or total == param_count(cfg)
 
 
-def _expected_mm_convert_shape(name, full, tp):
-    """mm-convert's TP split rules (reference/mindspeed_mm_compat.md section 5)."""
-    row = ("word_embeddings.weight", "output_layer.weight", "linear_qkv.weight", "linear_qkv.bias")
-    if name.endswith(row) or (("blocks" in name or "projector" in name) and ".linear_fc1." in name) \
-            or (name.startswith("text_decoder") and name.endswith("linear_fc1.weight")):
-        return (full[0] // tp,) + tuple(full[1:])
-    if name.endswith(("linear_proj.weight", "linear_fc2.weight")):
-        return (full[0], full[1] // tp)
-    return tuple(full)
-
-
-@pytest.mark.parametrize("size", ["7b", "72b"])
-def test_per_rank_shapes_follow_mm_convert_split(size):
-    cfg, pcfg, plan = script_plan(size)
+@pytest.mark.parametrize("size", ["2b", "7b", "72b"])
+def test_per_rank_shapes_equal_mm_convert_split(size):
+    """Stage, local name and per-rank shape of every parameter agree with mindspeed_ms.checkpoint
+    (the mm-convert TP/PP split) for the script layouts."""
+    from mindspeed_ms.checkpoint.pp_split import ParallelLayout
+    from mindspeed_ms.checkpoint.tp_split import tp_shape
     from mindspeed_ms.config.param_shapes import mm_param_shapes
-    full = mm_param_shapes(cfg)
-    seen = 0
-    for stage in range(pcfg.pp):
-        pl = pcfg.layout.stage_placements(stage)[0]
-        for name, shape in rank_param_shapes(plan, stage)[0].items():
-            # local layer numbers (renumbered from 0 per stage, as mm-convert writes them)
-            parts = name.split(".")
-            if "layers" in parts:
-                i = parts.index("layers") + 1
-                start = pl.vit_layers.start if "blocks" in parts else pl.llm_layers.start
-                parts[i] = str(int(parts[i]) + start)
-            gname = ".".join(parts)
-            assert shape == _expected_mm_convert_shape(gname, full[gname], pcfg.tp), gname
-            seen += 1
-    assert seen == len(full)
+    cfg, pcfg, plan = script_plan(size)
+    ckpt = ParallelLayout.build(tp_size=pcfg.tp, llm_pp_layers=pcfg.layout.llm_chunks,
+                                vit_pp_layers=pcfg.layout.vit_chunks)
+    want = {}
+    for name, shape in mm_param_shapes(cfg).items():
+        c, local = ckpt.place(name)
+        want[(c % pcfg.pp, c // pcfg.pp, local)] = tp_shape(name, shape, pcfg.tp)
+    got = {(stage, chunk, n): shp for stage in range(pcfg.pp)
+           for chunk, shapes in rank_param_shapes(plan, stage).items() for n, shp in shapes.items()}
+    assert got == want
+
+
+def test_tiny_rank_slices_equal_mm_convert_content():
+    """Content, not just shapes: each tp rank's slice of the plan-layout parameter is exactly the
+    tensor mm-convert writes for that rank."""
+    from mindspeed_ms.checkpoint.tp_split import split_tp
+    from mindspeed_ms.config.param_shapes import mm_param_shapes
+    cfg = model_config_from_dict(tiny_dict())
+    for tp in (2, 4):
+        pcfg = validate_parallel_config({"tensor_model_parallel_size": tp, "seq_length": 8}, cfg, tp)
+        strat = build_shard_plan(cfg, pcfg).param_strategies()
+        rng = np.random.default_rng(tp)
+        for name, shape in mm_param_shapes(cfg).items():
+            full = rng.standard_normal(shape).astype(np.float32)
+            split = strat[name][1] if name in strat else (1,) * len(shape)
+            for r in range(tp):
+                np.testing.assert_array_equal(slice_for_rank(to_plan_layout(name, full, tp), split, r),
+                                              split_tp(name, full, tp, r), err_msg=f"{name} tp {tp} rank {r}")
 
 
 def tiny_dict(vit_layers=2, llm_layers=2):
@@ -129,9 +132,9 @@ def test_tiny_layout_grid(tp, pp, vpp, cp, sp, world, vit, llm):
     assert proj.out_strategy == (((dp * cp * tp, 1),) if sp and tp > 1 else None)
     qk = [e for e in plan.entries_for("text_decoder.decoder.layers.0.self_attention.core_attention")
           if e.prim == "bmm_qk"][0]
-    assert qk.strategy[0] == (dp, tp * cp, 1, 1)        # Ulysses: heads over tp x cp
+    assert qk.strategy == ((dp, tp * cp, 1, 1), (dp, tp * cp, 1, 1))   # Ulysses: kv heads over tp x cp
     # the padded length (30 is unaligned for cp 2 / sp) is what the strategies split
-    assert qk.shapes[0][2] == pcfg.padded_seq_length(30) and qk.shapes[0][2] % pcfg.seq_split == 0
+    assert qk.shapes[1][2] == pcfg.padded_seq_length(30) and qk.shapes[1][2] % pcfg.seq_split == 0
     stages, segments = stage_config(plan)
     assert set(stages.values()) == set(range(pp))
     assert (segments != {}) == (vpp > 1)

@@ -7,6 +7,8 @@ layer number is renumbered from 0 within each (stage, chunk) as mm-convert does.
 import re
 from typing import Dict, Tuple
 
+import numpy as np
+
 from mindspeed_ms.config.param_shapes import TEXT_PREFIX, mm_param_shapes
 from mindspeed_ms.parallel.shard_plan import ShardPlan
 
@@ -87,7 +89,6 @@ def to_plan_layout(name: str, array, tp: int):
     per-rank slicing (what semi-auto parallel does) yields exactly the mm-convert rank file."""
     if tp == 1 or not _is_glu(name):
         return array
-    import numpy as np
     gate, up = np.split(array, 2, axis=0)
     parts = []
     for g, u in zip(np.split(gate, tp, axis=0), np.split(up, tp, axis=0)):
@@ -99,7 +100,6 @@ def from_plan_layout(name: str, array, tp: int):
     """Inverse of to_plan_layout: back to MindSpeed-MM's tp1 [gate; up] order (for saving)."""
     if tp == 1 or not _is_glu(name):
         return array
-    import numpy as np
     chunks = np.split(array, tp, axis=0)
     gates = [np.split(c, 2, axis=0)[0] for c in chunks]
     ups = [np.split(c, 2, axis=0)[1] for c in chunks]

@@ -130,47 +130,63 @@ def build_shard_plan(model_cfg, cfg: ParallelConfig, backend: str = "CPU", bf16:
             add(ShardEntry(cell, "bias_add", ((out_rsplit, 1), (1,)), ((rows, n_out), (n_out,)), "row-bias",
                            stage, params={1: wname + ".bias"}))
 
-    def attention(cell, b, heads, s, d, hsplit, bsplit, stage, causal):
-        qk = ((bsplit, hsplit, 1, 1), (bsplit, hsplit, 1, 1))
-        add(ShardEntry(cell, "bmm_qk", qk, ((b, heads, s, d), (b, heads, s, d)), "heads", stage,
+    def attention(cell, b, kv, rep, s, d, bsplit, hsplit, qsplit, mask_b, stage, vit):
+        """CoreAttention: queries grouped by kv head, q [b, kv, rep*s, d], k/v [b, kv, s, d],
+        scores viewed [b, kv, rep, s, s] for the mask and softmax. `hsplit` splits the kv-head axis;
+        `qsplit` splits the grouped query rows (whole query heads when it divides rep, else query
+        positions), k/v then being gathered over that split."""
+        q_rows = (1, qsplit, 1) if rep % qsplit == 0 else (1, 1, qsplit)   # (.., rep, s, ..) view
+        qk = ((bsplit, hsplit, qsplit, 1), (bsplit, hsplit, 1, 1))
+        add(ShardEntry(cell, "bmm_qk", qk, ((b, kv, rep * s, d), (b, kv, s, d)), "heads", stage,
                        contractions=((0, 3, 1, 3),)))
-        add(ShardEntry(cell, "softmax", ((bsplit, hsplit, 1, 1),), ((b, heads, s, s),), "heads", stage))
-        add(ShardEntry(cell, "bmm_pv", qk, ((b, heads, s, s), (b, heads, s, d)), "heads", stage,
-                       contractions=((0, 3, 1, 2),)))
+        add(ShardEntry(cell, "mul_scale", ((bsplit, hsplit, qsplit, 1), ()), ((b, kv, rep * s, s), ()), "heads", stage))
+        scores5 = (bsplit, hsplit) + q_rows[1:] + (1,)
+        mb = bsplit if mask_b == b else 1
+        add(ShardEntry(cell, "add_mask", (scores5, (mb, 1, 1, q_rows[2], 1)),
+                       ((b, kv, rep, s, s), (mask_b, 1, 1, s, s)), "heads", stage))
+        add(ShardEntry(cell, "softmax", (scores5,), ((b, kv, rep, s, s),), "heads", stage))
+        add(ShardEntry(cell, "bmm_pv", ((bsplit, hsplit, qsplit, 1), (bsplit, hsplit, 1, 1)),
+                       ((b, kv, rep * s, s), (b, kv, s, d)), "heads", stage, contractions=((0, 3, 1, 2),)))
         if plan.flash_attention:
-            # BNSD for the LLM (causal); the ViT uses TND with cumulative lengths of its image blocks
-            # (actual_seq_qlen/kvlen), whose token axis is not split.
-            fa = ((bsplit, hsplit, 1, 1),) * 3 if causal else ((1, hsplit, 1),) * 3
-            shp = ((b, heads, s, d),) * 3 if causal else ((b * s, heads, d),) * 3
-            add(ShardEntry(cell, "flash_attention", fa, shp, "heads", stage))
+            # FlashAttentionScore, BNSD (q heads = kv * rep), boolean discard mask [mask_b, 1, s, s];
+            # a second split is taken on the query positions, k/v gathered over it
+            fq = (bsplit, hsplit, qsplit, 1)
+            kvs = (bsplit, hsplit, 1, 1)
+            add(ShardEntry(cell, "flash_attention", (fq, kvs, kvs, (mb, 1, qsplit, 1)),
+                           ((b, kv * rep, s, d), (b, kv, s, d), (b, kv, s, d), (mask_b, 1, s, s)), "heads", stage))
 
-    def norm(cell, rows, rsplit, width, stage, wname, has_bias):
-        params = {1: wname + ".weight"}
-        add(ShardEntry(cell, "mul_weight", ((rsplit, 1), (1,)), ((rows, width), (width,)), "norm", stage,
-                       params=params))
-        if has_bias:
-            add(ShardEntry(cell, "add_bias", ((rsplit, 1), (1,)), ((rows, width), (width,)), "norm", stage,
-                           params={1: wname + ".bias"}))
+    def norm(cell, x_shape, x_split, stage, wname, layer_norm):
+        """LayerNorm (`layer_norm`: x, gamma, beta) or RMSNorm (`mul_weight`: weight, x); the statistic
+        is over the last axis, which stays whole."""
+        width = x_shape[-1]
+        if layer_norm:
+            add(ShardEntry(cell, "layer_norm", (x_split, (1,), (1,)), (x_shape, (width,), (width,)), "norm",
+                           stage, params={1: wname + ".weight", 2: wname + ".bias"}))
+        else:
+            add(ShardEntry(cell, "mul_weight", ((1,), x_split), ((width,), x_shape), "norm", stage,
+                           params={0: wname + ".weight"}))
 
     # ---- vision encoder (rows = patches of the micro-batch; split by dp, replicated over cp)
     e, vf, vh = v.hidden_size, v.ffn_hidden_size, v.num_attention_heads
     vd = v.kv_channels
     stage = patch_pl.stage
-    add(ShardEntry(f"{VISION_PREFIX}.patch_embed", "matmul", ((dp, 1), (1, 1)),
+    add(ShardEntry(f"{VISION_PREFIX}.patch_embed.proj", "matmul", ((dp, 1), (1, 1)),
                    ((rows_v, v.patch_dim), (e, v.patch_dim)), "replicated", stage,
                    contractions=((0, 1, 1, 1),)))
     plan.cells.append(CellSetting(f"{VISION_PREFIX}.patch_embed", stage, patch_pl.chunk))
     for i in range(v.num_layers):
         stage, chunk = vit_stage[i]
         c = f"{VISION_PREFIX}.blocks.layers.{i}"
-        norm(f"{c}.input_layernorm", rows_v, dp, e, stage, f"{c}.input_layernorm", True)
+        norm(f"{c}.input_layernorm", (rows_v, e), (dp, 1), stage, f"{c}.input_layernorm", True)
         column(f"{c}.self_attention.linear_qkv", rows_v, dp, e, 3 * vh * vd, stage, True,
                f"{c}.self_attention.linear_qkv")
         # the ViT attends within each image: one block per dp rank's patches, heads split by tp
-        attention(f"{c}.self_attention.core_attention", dp, vh, rows_v // dp, vd, tp, dp, stage, False)
+        # q [1, heads, N, d] over all patches of the step; the segment mask keeps attention inside each
+        # image, so the dp ranks' query rows are split by dp (keys gathered; see docs/parallel.md)
+        attention(f"{c}.self_attention.core_attention", 1, vh, 1, rows_v, vd, 1, tp, dp, 1, stage, True)
         row(f"{c}.self_attention.linear_proj", rows_v, dp, vh * vd, e, stage, True,
             f"{c}.self_attention.linear_proj", dp)
-        norm(f"{c}.pre_mlp_layernorm", rows_v, dp, e, stage, f"{c}.pre_mlp_layernorm", True)
+        norm(f"{c}.pre_mlp_layernorm", (rows_v, e), (dp, 1), stage, f"{c}.pre_mlp_layernorm", True)
         column(f"{c}.mlp.linear_fc1", rows_v, dp, e, vf, stage, True, f"{c}.mlp.linear_fc1")
         row(f"{c}.mlp.linear_fc2", rows_v, dp, vf, e, stage, True, f"{c}.mlp.linear_fc2", dp)
         rc = i in set(cfg.vision_recompute.recomputed_layers(_chunk_layers(layout, chunk, stage, "vit")))
@@ -179,7 +195,8 @@ def build_shard_plan(model_cfg, cfg: ParallelConfig, backend: str = "CPU", bf16:
     # ---- projector (patch merger) on the stage of the last ViT layer
     stage = proj_pl.stage
     merged_rows = rows_v // v.spatial_merge_size ** 2
-    norm(f"{PROJECTOR_PREFIX}.layernorm", rows_v, dp, p.input_size, stage, f"{PROJECTOR_PREFIX}.layernorm", True)
+    norm(f"{PROJECTOR_PREFIX}.layernorm", (rows_v, p.input_size), (dp, 1), stage, f"{PROJECTOR_PREFIX}.layernorm",
+         True)
     m = p.input_size * v.spatial_merge_size ** 2
     column(f"{PROJECTOR_PREFIX}.encoder.linear_fc1", merged_rows, dp, m, p.ffn_hidden_size, stage, True,
            f"{PROJECTOR_PREFIX}.encoder.linear_fc1")
@@ -190,6 +207,14 @@ def build_shard_plan(model_cfg, cfg: ParallelConfig, backend: str = "CPU", bf16:
     # ---- text decoder
     h, hd, heads, groups = t.hidden_size, t.kv_channels, t.num_attention_heads, t.num_query_groups
     qkv_out = (heads + 2 * groups) * hd
+    x3_split = (dp, cp * (tp if sp else 1), 1)
+    # Ulysses: with kv heads divisible by tp x cp, attention is split by kv heads over tp x cp (the
+    # sequence-split activations reach it through an all-to-all). Otherwise heads over tp and the
+    # grouped query rows over cp (whole query heads when cp divides heads/kv), k/v gathered over cp.
+    if groups % (tp * cp) == 0:
+        kv_split, q_split = tp * cp, 1
+    else:
+        kv_split, q_split = tp, cp
     stage = emb_pl.stage
     add(ShardEntry(f"{TEXT_PREFIX}.embedding.word_embeddings", "gather", ((tp, 1), (dp, cp)),
                    ((t.vocab_size, h), (batch, seq)), "vocab", stage,
@@ -198,15 +223,16 @@ def build_shard_plan(model_cfg, cfg: ParallelConfig, backend: str = "CPU", bf16:
     for i in range(t.num_layers):
         stage, chunk = llm_stage[i]
         c = f"{TEXT_PREFIX}.decoder.layers.{i}"
-        norm(f"{c}.input_layernorm", rows_t, sp_split_t, h, stage, f"{c}.input_layernorm", False)
+        norm(f"{c}.input_layernorm", (batch, seq, h), x3_split, stage, f"{c}.input_layernorm", False)
         column(f"{c}.self_attention.linear_qkv", rows_t, row_split_t, h, qkv_out, stage, t.add_qkv_bias,
                f"{c}.self_attention.linear_qkv")
         # Ulysses: sequence-split activations become head-split (tp x cp) for attention; kv heads
         # are repeated to the query heads before the batch-matmuls (GQA), so the head axis is `heads`
-        attention(f"{c}.self_attention.core_attention", batch, heads, seq, hd, tp * cp, dp, stage, True)
+        attention(f"{c}.self_attention.core_attention", batch, groups, heads // groups, seq, hd, dp,
+                  kv_split, q_split, batch, stage, False)
         row(f"{c}.self_attention.linear_proj", rows_t, row_split_t, heads * hd, h, stage, False,
             f"{c}.self_attention.linear_proj", sp_split_t)
-        norm(f"{c}.pre_mlp_layernorm", rows_t, sp_split_t, h, stage, f"{c}.pre_mlp_layernorm", False)
+        norm(f"{c}.pre_mlp_layernorm", (batch, seq, h), x3_split, stage, f"{c}.pre_mlp_layernorm", False)
         column(f"{c}.mlp.linear_fc1", rows_t, row_split_t, h, 2 * t.ffn_hidden_size, stage, False,
                f"{c}.mlp.linear_fc1")
         row(f"{c}.mlp.linear_fc2", rows_t, row_split_t, t.ffn_hidden_size, h, stage, False,
@@ -220,19 +246,25 @@ def build_shard_plan(model_cfg, cfg: ParallelConfig, backend: str = "CPU", bf16:
             # tp chunks of its output, so SwiGLU stays rank-local.
             plan.cells.append(CellSetting(f"{c}.mlp", stage, chunk, attrs={"glu_chunks": tp}))
     stage = out_pl.stage
-    norm(f"{TEXT_PREFIX}.decoder.final_layernorm", rows_t, sp_split_t, h, stage,
+    norm(f"{TEXT_PREFIX}.decoder.final_layernorm", (batch, seq, h), x3_split, stage,
          f"{TEXT_PREFIX}.decoder.final_layernorm", False)
     plan.cells.append(CellSetting(f"{TEXT_PREFIX}.decoder.final_layernorm", stage, out_pl.chunk))
     # tied embeddings share the table when embedding and output sit on one stage; across stages
     # mm-convert gives the last stage its own copy named output_layer.weight
     shared = t.tied and out_pl.stage == emb_pl.stage
     out_w = f"{TEXT_PREFIX}.embedding.word_embeddings.weight" if shared else f"{TEXT_PREFIX}.output_layer.weight"
-    add(ShardEntry(f"{TEXT_PREFIX}.output_layer", "matmul", ((row_split_t, 1), (tp, 1)),
+    out_cell, out_prim = ((TEXT_PREFIX, "output_matmul") if shared else (f"{TEXT_PREFIX}.output_layer", "matmul"))
+    add(ShardEntry(out_cell, out_prim, ((row_split_t, 1), (tp, 1)),
                    ((rows_t, h), (t.vocab_size, h)), "vocab", stage, contractions=((0, 1, 1, 1),),
                    params={1: out_w}))
-    plan.cells.append(CellSetting(f"{TEXT_PREFIX}.output_layer", stage, out_pl.chunk))
+    if not shared:
+        # (tied embeddings across stages: the last stage needs its own output_layer Cell holding
+        # mm-convert's copy of the table; apply_shard_plan reports a model without one)
+        plan.cells.append(CellSetting(f"{TEXT_PREFIX}.output_layer", stage, out_pl.chunk))
     # vocab-parallel cross-entropy: max / sum-exp over the split vocabulary are all-reduced
-    add(ShardEntry("loss", "log_softmax", ((row_split_t, tp),), ((rows_t, t.vocab_size),), "vocab", stage))
+    # cross-entropy on [b, s, vocab] logits: MindSpore's LogSoftmax / GatherD keep their axis whole,
+    # so the vocabulary is gathered over tp here (see docs/parallel.md)
+    add(ShardEntry("loss_fn", "log_softmax", ((dp, cp, 1),), ((batch, seq, t.vocab_size),), "loss", stage))
     if cp > 1 and cfg.seq_length and cfg.seq_length % cfg.seq_split:
         plan.notes.append(f"unaligned sequence: --seq-length {cfg.seq_length} padded to {seq} "
                           f"(multiple of {cfg.seq_split}) for the sequence split; padding is masked")
@@ -249,3 +281,45 @@ def stage_config(plan: ShardPlan) -> Tuple[Dict[str, int], Dict[str, int]]:
     stages = {c.cell: c.stage for c in plan.cells}
     segments = {c.cell: c.chunk for c in plan.cells} if plan.cfg.vpp > 1 else {}
     return stages, segments
+
+
+def apply_shard_plan(model, plan: ShardPlan):
+    """Set the plan on a model: `prim.shard(...)` for every entry, `pipeline_stage` /
+    `pipeline_segment` and `recompute()` per Cell, and the plan's Cell attributes. Only
+    meaningful under semi-auto parallel (Ascend); setting it elsewhere changes nothing in the math.
+    Raises ParallelConfigError listing every Cell / primitive / attribute the model lacks."""
+    from mindspeed_ms.parallel.layout import ParallelConfigError
+    cells = dict(model.cells_and_names())
+    missing = []
+    for e in plan.entries:
+        cell = cells.get(e.cell)
+        prim = getattr(cell, e.prim, None) if cell is not None else None
+        if prim is None or not hasattr(prim, "shard"):
+            if e.prim == "flash_attention" and cell is not None and getattr(cell, "backend", None) != "flash":
+                missing.append(f"{e.cell}: the plan uses flash attention but the model was built with the "
+                               f"'{getattr(cell, 'backend', '?')}' attention backend")
+            else:
+                missing.append(f"{e.cell}.{e.prim}" + (" (no such Cell)" if cell is None else " (no such primitive)"))
+            continue
+        if e.out_strategy is not None:
+            prim.shard(in_strategy=e.strategy, out_strategy=e.out_strategy)
+        else:
+            prim.shard(e.strategy)
+    for c in plan.cells:
+        cell = cells.get(c.cell)
+        if cell is None:
+            missing.append(f"{c.cell} (no such Cell)")
+            continue
+        if plan.cfg.pp > 1:
+            cell.pipeline_stage = c.stage
+        if plan.cfg.vpp > 1:
+            cell.pipeline_segment = c.chunk
+        if c.recompute:
+            cell.recompute()
+        for key, value in c.attrs.items():
+            if not hasattr(cell, key):
+                missing.append(f"{c.cell}: {type(cell).__name__} has no attribute '{key}' for the plan to set")
+                continue
+            setattr(cell, key, value)
+    if missing:
+        raise ParallelConfigError("the model does not have what the shard plan sets:\n  " + "\n  ".join(missing))
