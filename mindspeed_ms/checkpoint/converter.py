@@ -5,16 +5,15 @@ written one rank file (or one HF shard) at a time, so peak memory stays near one
 largest tensor. Outputs are built under temporary names and renamed into place at the end: a failed
 conversion leaves nothing that a later load could take for a complete checkpoint.
 """
-import json
 import os
 import shutil
 import uuid
 
-from .hf_io import (INDEX_FILE, SINGLE_FILE, CheckpointError, HFCheckpoint, copy_hf_side_files,
+from .hf_io import (SINGLE_FILE, CheckpointError, HFCheckpoint, copy_hf_side_files,
                     write_hf_index)
 from .mm_io import MMCheckpointReader, write_mm_checkpoint
-from .names import (MM_OUTPUT, ConversionError, Dims, _FUSE, _UNFUSE, hf_entry_for_mm, normalize_hf_name,
-                    plan_from_hf_names)
+from .names import (MM_OUTPUT, ConversionError, Dims, _FUSE, _UNFUSE, check_fusion_shapes, hf_entry_for_mm,
+                    normalize_hf_name, plan_from_hf_names)
 from .pp_split import LayoutError, ParallelLayout
 from .safetensors_io import save_safetensors
 
@@ -31,10 +30,9 @@ class _HFAsMM:
         return list(self.plan)
 
     def get(self, name):
-        from .names import _check_shape
         e = self.plan[name]
         arrays = [self.ckpt.get(self.aliases[s]) for s in e.hf]
-        _check_shape(e, arrays, self.dims)
+        check_fusion_shapes(e, arrays, self.dims)
         return _FUSE[e.kind](*arrays, self.dims)
 
 

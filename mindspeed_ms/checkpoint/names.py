@@ -250,7 +250,7 @@ def _get(src, name):
     return src.get(name) if not isinstance(src, dict) else src[name]
 
 
-def _check_shape(entry, arrays, dims):
+def check_fusion_shapes(entry, arrays, dims):
     """Fusions reshape by head counts: a config that does not match the tensors must fail here with
     names and numbers, not deep inside numpy."""
     if entry.kind == LLM_QKV:
@@ -278,7 +278,7 @@ def iter_hf_to_mm(hf_sd, hf_config: dict, add_tied_output=False):
     aliases = {normalize_hf_name(n): n for n in hf_sd.keys()}
     for e in plan:
         arrays = [_get(hf_sd, aliases[s]) for s in e.hf]
-        _check_shape(e, arrays, dims)
+        check_fusion_shapes(e, arrays, dims)
         yield e.mm, _FUSE[e.kind](*arrays, dims)
 
 
