@@ -312,20 +312,26 @@ def convert_launch_script(text: str, source: str = "<script>") -> LaunchResult:
         # launcher arguments: up to the entry script
         launcher_tokens: list[tuple[_Tok, _Region | None]] = []
         entry_idx = None
+        expects_value = undefined = False
         for k, t in enumerate(toks):
             if t.text.endswith(".py"):
                 entry_idx = k
                 break
             name = _var_name(t.text)
-            if name is not None:
+            # a variable right after "--opt" is that option's value, not a list of options
+            if name is not None and not expects_value:
                 reg = _last_assignment(regions, name, i)
                 if reg is None:
                     problems.append((t.line + 1, f"{launcher} uses ${name}, which the script does not "
                                                  "assign before this line: cannot convert its options"))
+                    undefined = True
                     continue
                 launcher_tokens += [(vt, reg) for vt in reg.tokens]
             else:
                 launcher_tokens.append((t, None))
+            expects_value = t.text.startswith("--") and "=" not in t.text and not expects_value
+        if undefined:
+            continue
         if entry_idx is None:
             problems.append((i + 1, f"{launcher} line without a Python entry script (*.py): cannot convert"))
             continue
