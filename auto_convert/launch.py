@@ -188,7 +188,7 @@ class _Editor:
     def apply(self) -> list[str]:
         out = []
         for i, line in enumerate(self.lines):
-            for start, end, text in sorted(self.spans.get(i, []), key=lambda s: (s[0], s[1]), reverse=True):
+            for start, end, text in sorted(set(self.spans.get(i, [])), key=lambda s: (s[0], s[1]), reverse=True):
                 line = line[:start] + text + line[end:]
             out += self.before.get(i, [])
             out.append(line)
@@ -382,6 +382,8 @@ def convert_launch_script(text: str, source: str = "<script>") -> LaunchResult:
                 continue
             nproc = _item_value(nproc_item)
             for reg, its in items_by_region:
+                if reg is not None and id(reg) in converted_vars:
+                    continue  # a variable shared with an earlier launch line: already rewritten
                 for it in its:
                     if it.name in _TORCHRUN_TO_MSRUN:
                         new = _TORCHRUN_TO_MSRUN[it.name]

@@ -174,3 +174,13 @@ def test_converted_launch_equals_our_example_scripts(name, tmp_path):
     assert entry(ours_argv) == entry(conv_argv)
     flags = lambda argv: [a for a in argv[argv.index(entry(argv)) + 1:] if a.startswith("--")]
     assert flags(ours_argv) == flags(conv_argv)
+
+
+def test_variable_shared_by_two_launch_lines_is_rewritten_once():
+    text = ('D="--nproc_per_node 2 --nnodes 1"\n'
+            "torchrun $D pretrain_vlm.py --a\n"
+            "torchrun $D posttrain_qwen2vl_dpo.py --b\n")
+    out = convert_launch_script(text).text
+    assert out == ('D="--local_worker_num 2 --worker_num 2 --log_dir msrun_log --bind_core=True"\n'
+                   "msrun $D pretrain_vlm.py --a --ai-framework mindspore\n"
+                   "msrun $D posttrain_qwen2vl_dpo.py --b --ai-framework mindspore\n")
