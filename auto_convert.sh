@@ -74,35 +74,9 @@ _msms_install_tests() {
         || { _msms_fail "install requirements-test.txt" "pip failed (see above)"; return 1; }
 }
 
-_msms_setup() {
-    local repo venv suite with_tests=0 convert_in="" convert_out="" in_place=0
-    repo=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P) || return 1
-    venv="${MINDSPEED_MS_VENV:-$HOME/.cache/mindspeed-ms/venv}"
-    [ "${MINDSPEED_MS_TEST:-0}" = 1 ] && with_tests=1
-
-    suite="${1:-}"
-    if [ "$suite" != mm ]; then
-        if [ -z "$suite" ]; then
-            echo "auto_convert.sh: which suite? Supported: mm (MindSpeed-MM multimodal, Qwen2-VL)." >&2
-        else
-            echo "auto_convert.sh: unsupported suite '$suite'. Supported: mm (MindSpeed-MM multimodal, Qwen2-VL); llm/rl suites of MindSpeed-Core-MS are not part of mindspeed-ms." >&2
-        fi
-        _msms_usage
-        return 2
-    fi
-    shift
-    while [ $# -gt 0 ]; do
-        case "$1" in
-            --with-tests) with_tests=1 ;;
-            --convert-script) convert_in="${2:-}"; [ -n "$convert_in" ] || { echo "auto_convert.sh: --convert-script needs a script path" >&2; return 2; }; shift ;;
-            -o|--output) convert_out="${2:-}"; [ -n "$convert_out" ] || { echo "auto_convert.sh: $1 needs a path" >&2; return 2; }; shift ;;
-            --in-place) in_place=1 ;;
-            -h|--help) _msms_usage; return 0 ;;
-            *) echo "auto_convert.sh: unknown option '$1'" >&2; _msms_usage; return 2 ;;
-        esac
-        shift
-    done
-
+# Create, update or reuse the shared venv; returns non-zero after naming the failed step.
+_msms_prepare_venv() {
+    local repo="$1" venv="$2" with_tests="$3"
     local py want_base want_test have_base="" have_test="" t0=$SECONDS
     want_base=$(_msms_hash "$repo/requirements.txt" "$repo/setup.py") \
         || { _msms_fail "hash requirements" "cannot read requirements.txt/setup.py in $repo"; return 1; }
@@ -150,6 +124,46 @@ _msms_setup() {
         _msms_install_tests "$venv" "$repo" || return 1
         echo "$want_test" > "$venv/.mindspeed-ms-test-stamp"
     fi
+}
+
+_msms_setup() {
+    local repo venv suite with_tests=0 convert_in="" convert_out="" in_place=0
+    repo=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P) || return 1
+    venv="${MINDSPEED_MS_VENV:-$HOME/.cache/mindspeed-ms/venv}"
+    [ "${MINDSPEED_MS_TEST:-0}" = 1 ] && with_tests=1
+
+    suite="${1:-}"
+    if [ "$suite" != mm ]; then
+        if [ -z "$suite" ]; then
+            echo "auto_convert.sh: which suite? Supported: mm (MindSpeed-MM multimodal, Qwen2-VL)." >&2
+        else
+            echo "auto_convert.sh: unsupported suite '$suite'. Supported: mm (MindSpeed-MM multimodal, Qwen2-VL); llm/rl suites of MindSpeed-Core-MS are not part of mindspeed-ms." >&2
+        fi
+        _msms_usage
+        return 2
+    fi
+    shift
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --with-tests) with_tests=1 ;;
+            --convert-script) convert_in="${2:-}"; [ -n "$convert_in" ] || { echo "auto_convert.sh: --convert-script needs a script path" >&2; return 2; }; shift ;;
+            -o|--output) convert_out="${2:-}"; [ -n "$convert_out" ] || { echo "auto_convert.sh: $1 needs a path" >&2; return 2; }; shift ;;
+            --in-place) in_place=1 ;;
+            -h|--help) _msms_usage; return 0 ;;
+            *) echo "auto_convert.sh: unknown option '$1'" >&2; _msms_usage; return 2 ;;
+        esac
+        shift
+    done
+
+    # One clone at a time installs into the shared venv (another clone may be sourcing too).
+    local lockfd="" rc=0
+    mkdir -p "$(dirname "$venv")" || { _msms_fail "create venv directory" "cannot create $(dirname "$venv")"; return 1; }
+    if command -v flock >/dev/null 2>&1 && exec {lockfd}>"$venv.lock"; then
+        flock "$lockfd"
+    fi
+    _msms_prepare_venv "$repo" "$venv" "$with_tests" || rc=$?
+    if [ -n "$lockfd" ]; then exec {lockfd}>&-; fi
+    [ "$rc" = 0 ] || return "$rc"
 
     # shellcheck disable=SC1091
     source "$venv/bin/activate" || { _msms_fail "activate" "cannot source $venv/bin/activate"; return 1; }
@@ -183,5 +197,5 @@ _msms_setup() {
 
 _msms_setup "$@"
 _msms_rc=$?
-unset -f _msms_usage _msms_step _msms_fail _msms_hash _msms_find_python _msms_install_tests _msms_setup
+unset -f _msms_usage _msms_step _msms_fail _msms_hash _msms_find_python _msms_install_tests _msms_prepare_venv _msms_setup
 eval "unset _msms_rc; return $_msms_rc"
