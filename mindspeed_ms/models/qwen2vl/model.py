@@ -41,6 +41,14 @@ class Qwen2VLOutput:
     past_key_values: Optional[tuple] = None
 
 
+def decode_position_ids(rope_deltas, cache_len, n_new=1):
+    """M-RoPE positions [3, B, n_new] (int32) of generated tokens: text positions continue from the
+    prompt's maximum, i.e. `cache_len + arange(n_new) + rope_deltas` on all three rows (HF)."""
+    deltas = np.asarray(rope_deltas).reshape(-1, 1)
+    pos = cache_len + np.arange(n_new)[None, :] + deltas
+    return np.broadcast_to(pos[None], (3,) + pos.shape).astype(np.int32)
+
+
 def _np(x, dtype=None):
     if x is None:
         return None
@@ -85,6 +93,25 @@ class Qwen2VLForConditionalGeneration(nn.Cell):
         if labels is None:
             return logits
         return self.loss_fn(logits, labels, loss_weights), logits
+
+    # ------------------------------------------------------------------ generation (KV cache)
+    def prefill(self, input_ids, attention_mask, position_ids, pixel_values, vision_pos_ids,
+                vision_segment_ids, vision_gather_index, vision_token_mask):
+        """Prompt pass for generation (PYNATIVE). Takes the contract tensors (e.g. from
+        `prepare_batch`) and returns `(logits [B, S, V], past_key_values)`, the cache being one
+        `(k, v)` per layer, each [B, kv_heads, S, head_dim]."""
+        embeds = self.merge_vision(input_ids, pixel_values, vision_pos_ids, vision_segment_ids,
+                                   vision_gather_index, vision_token_mask)
+        return self.text_decoder(embeds, position_ids, attention_mask, None, True)
+
+    def decode(self, input_ids, attention_mask, position_ids, past_key_values):
+        """One decode step for new text tokens `input_ids` [B, n] (PYNATIVE).
+
+        `attention_mask` [B, cache_len + n] covers the cached and the new positions;
+        `position_ids` [3, B, n] come from `decode_position_ids(rope_deltas, cache_len, n)`.
+        Returns `(logits [B, n, V], past_key_values)` with the cache grown by n."""
+        embeds = self.text_decoder.embedding(input_ids)
+        return self.text_decoder(embeds, position_ids, attention_mask, past_key_values, True)
 
     # ------------------------------------------------------------------ HF-style path
     def __call__(self, *args, **kwargs):
