@@ -6,6 +6,10 @@
 * col (dim 1): `linear_proj` and `linear_fc2` weights (LLM, ViT, projector).
 * glu (LLM `linear_fc1`): gate and up split separately, rank r holds concat(gate[r], up[r]).
 * everything else (norms, row-parallel biases, patch_embed) is replicated.
+* LoRA adapters (`<module>.lora_A.default.weight` [r, in], `<module>.lora_B.default.weight` [out, r])
+  follow their base weight `<module>.weight` so that B_r @ A_r is rank r's part of B @ A: over a
+  row-split base (column-parallel linear) B is split like the base (row / glu) and A is replicated;
+  over a col-split base (row-parallel linear) A's columns are split and B is replicated.
 """
 import re
 
@@ -34,8 +38,16 @@ class TPSplitError(ValueError):
     pass
 
 
+_LORA_A, _LORA_B = ".lora_A.default.weight", ".lora_B.default.weight"
+
+
 def tp_kind(name: str) -> str:
     """How tensor `name` (MM name, global or local layer number) is split across TP ranks."""
+    if name.endswith(_LORA_A):
+        return COL if tp_kind(name[:-len(_LORA_A)] + ".weight") == COL else REPLICATED
+    if name.endswith(_LORA_B):
+        base = tp_kind(name[:-len(_LORA_B)] + ".weight")
+        return base if base in (ROW, GLU) else REPLICATED
     for rx, kind in _COMPILED:
         if rx.match(name):
             return kind

@@ -80,6 +80,9 @@ class Trainer:
         self.model, self.feed = model, feed
         # the loss cell wraps the model with auto_prefix=False: parameter names are the MM names
         self.named_params = {p.name: p for p in model.get_parameters()}
+        # what checkpoints hold and --load restores; LoRA narrows it to the adapters (peft.lora_training)
+        self.saved_params = self.named_params
+        self.checkpoint_meta = {}
         frozen = _frozen_prefixes(startup.model)
         for name, p in self.named_params.items():
             if any(name.startswith(pre) for pre in frozen):
@@ -114,7 +117,7 @@ class Trainer:
             ck = load_checkpoint(args.load)
         except (CheckpointLoadError, ValueError) as e:
             raise TrainingError(f"--load {args.load}: {e}") from None
-        load_model_state(self.named_params, ck["model"], ck["path"])
+        load_model_state(self.saved_params, ck["model"], ck["path"])
         what = "release (converted) checkpoint" if ck["release"] else f"iteration {ck['iteration']}"
         if args.finetune or ck["release"]:
             self.log.print(f" > loaded weights of the {what} from {args.load}; starting at iteration 0"
@@ -147,7 +150,7 @@ class Trainer:
         if self.rank != 0:      # DP ranks hold identical replicas; rank 0 writes mp_rank_00
             return
         t0 = time.time()
-        model_sd = {name: p.asnumpy() for name, p in self.named_params.items()}
+        model_sd = {name: p.asnumpy() for name, p in self.saved_params.items()}
         optim = sched = None
         if not args.no_save_optim:
             optim = self.optimizer.state_dict()
@@ -157,7 +160,7 @@ class Trainer:
         sampler["consumed_samples"] = self.consumed
         path = save_checkpoint(args.save, self.iteration, model_sd, args.ckpt_format, optim, sched, rng, sampler,
                                args={"micro_batch_size": args.micro_batch_size, "global_batch_size": self.gbs,
-                                     "seed": args.seed, "data_parallel_size": self.dp})
+                                     "seed": args.seed, "data_parallel_size": self.dp, **self.checkpoint_meta})
         self.log.print(f"  successfully saved checkpoint at iteration {self.iteration:7d} to {path} "
                        f"[ {time.time() - t0:.2f}s ]")
 
@@ -283,8 +286,12 @@ def main(argv=None) -> int:
         from mindspeed_ms.training.build import build_model, init_runtime
         init_runtime(args, backend, world, logger)
         model = build_model(startup.model, args, backend)
+        from mindspeed_ms.peft.lora_training import attach_lora
+        lora = attach_lora(model, args, logger)     # --lora-target-modules: adapters on, base frozen + loaded
         trainer = Trainer(args, startup, rank, world, logger, model, feed)
-        if args.load:
+        if lora is not None:
+            lora.bind(trainer)
+        if args.load and (lora is None or lora.resume_from_load):
             trainer.load()
         trainer.train()
     except TrainingError as e:
