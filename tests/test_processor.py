@@ -151,3 +151,17 @@ def test_bad_media(tmp_path):
         load_image(str(buf))
     with pytest.raises(MediaError, match="video not found"):
         load_video_frames(str(tmp_path / "nope.mp4"))
+
+
+def test_benchmark_smoke(capsys):
+    import importlib.util
+    import json
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "preprocess_throughput.py")
+    spec = importlib.util.spec_from_file_location("preprocess_throughput", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--smoke"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["identical"] and summary["images"] == 5

@@ -10,7 +10,7 @@ How the output is kept identical to HF:
   results, no per-pixel float math.
 - Patch flattening and temporal tiling are done on the uint8 array (a quarter of the bytes), with
   HF's reshape/transpose `(gt, T, C, gh/m, m, P, gw/m, m, P) -> (0,3,6,4,7,2,1,5,8)`; a single
-  image is repeated to T frames by broadcasting, a video with a frame count not divisible by T
+  image is normalized once and copied into its T frame slots, a video with a frame count not divisible by T
   repeats its last frame (as HF).
 """
 import math
@@ -148,22 +148,31 @@ class Qwen2VLImageProcessor:
         shapes = {a.shape for a in arrs}
         if len(shapes) != 1:
             raise ValueError(f"video frames have different sizes after resizing: {sorted(shapes)}")
+        gh, gw = rh // p, rw // p
+        if gh % m or gw % m:
+            raise ValueError(f"resized size {rw}x{rh} is not a multiple of patch_size*merge_size={p * m}")
         n = len(arrs)
         if n == 1:
-            stack = np.broadcast_to(arrs[0][None], (tp,) + arrs[0].shape)
+            # A single image is its own T frames: normalize one frame, then copy it into each slot.
+            u8 = arrs[0].reshape(gh // m, m, p, gw // m, m, p, 3).transpose(0, 3, 1, 4, 6, 2, 5)
+            u8 = np.ascontiguousarray(u8).reshape(gh * gw, 3, p * p)
+            gt = 1
+            out = np.empty((gh * gw, 3, tp, p * p), dtype=np.float32)
+            for c in range(3):
+                v = self._lut[c].take(u8[:, c])
+                for t in range(tp):
+                    out[:, c, t] = v
         else:
             if n % tp:
                 arrs = arrs + [arrs[-1]] * (tp - n % tp)
             stack = np.stack(arrs)
-        gt, gh, gw = stack.shape[0] // tp, rh // p, rw // p
-        if gh % m or gw % m:
-            raise ValueError(f"resized size {rw}x{rh} is not a multiple of patch_size*merge_size={p * m}")
-        # stack: [gt*T, H, W, C] uint8 -> HF layout (gt, gh/m, gw/m, m, m, C, T, P, P)
-        u8 = stack.reshape(gt, tp, gh // m, m, p, gw // m, m, p, 3).transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)
-        u8 = np.ascontiguousarray(u8).reshape(gt * gh * gw, 3, tp * p * p)
-        out = np.empty(u8.shape, dtype=np.float32)
-        for c in range(3):
-            np.take(self._lut[c], u8[:, c], out=out[:, c])
+            gt = stack.shape[0] // tp
+            # stack: [gt*T, H, W, C] uint8 -> HF layout (gt, gh/m, gw/m, m, m, C, T, P, P)
+            u8 = stack.reshape(gt, tp, gh // m, m, p, gw // m, m, p, 3).transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)
+            u8 = np.ascontiguousarray(u8).reshape(gt * gh * gw, 3, tp * p * p)
+            out = np.empty(u8.shape, dtype=np.float32)
+            for c in range(3):
+                out[:, c] = self._lut[c][u8[:, c]]
         return out.reshape(gt * gh * gw, 3 * tp * p * p), (gt, gh, gw)
 
     def __call__(self, images=None, videos=None, **kwargs):
