@@ -1,6 +1,5 @@
 """Linear layer written with MindSpore primitives kept as attributes, so the parallel package can
 set `.shard()` strategies on them from outside (column / row parallel) without touching the math."""
-import numpy as np
 import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import Normal, Zero, initializer
