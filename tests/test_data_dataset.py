@@ -147,7 +147,7 @@ def test_skips_are_counted(tok_dir, media, caplog):
     path = write(media / "skips.json", data)
     with caplog.at_level(logging.WARNING):
         train, _ = build_datasets(make_cfg(tok_dir, media, path), seq_length=40)
-    # sample 5: image tokens (b.jpg -> 12 merged + 2) fit 40? they do; the message is what is cut
+    # sample 5 (b.jpg: 12 merged tokens + 2) fits 40 tokens once its text is cut, so it is kept
     assert train.skipped == 3 and len(train) == 3
     msg = caplog.text
     assert "skipped 3 sample(s)" in msg and "skips.json sample 2" in msg and "skips.json sample 3" in msg

@@ -58,3 +58,15 @@ def test_streaming_shards_and_resume():
     r = StreamingShardSampler(2, 2, 1)
     r.load_state_dict(s.state_dict())
     assert first + list(r.batches(stream)) == bb
+
+
+def test_build_sampler_from_config():
+    from mindspeed_ms.config.data_config import parse_data_config
+    from mindspeed_ms.data.sampler import build_sampler
+
+    def cfg(**dl):
+        return parse_data_config({"dataset_param": {"basic_parameters": {"dataset": "x.json"}},
+                                  "dataloader_param": dl})
+    assert list(build_sampler(cfg(sampler_type="SequentialSampler"), 6, 2))[0] == [0, 1]
+    s = build_sampler(cfg(sampler_type="stateful_distributed_sampler"), 6, 2, seed=3)
+    assert s.shuffle and list(s) == list(StatefulDistributedSampler(6, 2, seed=3))

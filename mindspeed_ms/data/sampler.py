@@ -114,3 +114,15 @@ class StreamingShardSampler:
         if state.get("dp_size") != self.dp_size or state.get("micro_batch_size") != self.micro_batch_size:
             raise ValueError("cannot resume the streaming position with a different DP size or micro-batch size")
         self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
+
+
+def build_sampler(cfg, num_samples, micro_batch_size, dp_size=1, dp_rank=0, seed=1234):
+    """The sampler for a DataConfig's `dataloader_param`: `SequentialSampler` (or shuffle: false) keeps
+    file order; every other sampler_type is the seeded, resumable shuffle above; streaming datasets
+    get `StreamingShardSampler`. (LengthGroupedSampler / BucketBatchSampler do not group by length
+    here: the collator's length buckets already bound the shapes.)"""
+    d = cfg.dataloader_param
+    if cfg.basic_parameters.streaming:
+        return StreamingShardSampler(micro_batch_size, dp_size, dp_rank)
+    shuffle = d.shuffle and d.sampler_type != "SequentialSampler"
+    return StatefulDistributedSampler(num_samples, micro_batch_size, dp_size, dp_rank, seed, shuffle, d.drop_last)
