@@ -95,3 +95,9 @@ def test_fresh_install_then_second_source(tmp_path):
                        text=True, timeout=60)
     assert r.returncode == 0 and "reusing environment" in r.stdout
     assert time.monotonic() - t0 < 5
+    # the README's first command, once the tiny demo exists: set up, then fine-tune
+    demo = "examples/mindspore/qwen2vl/run_tiny_demo.sh"
+    if (clone / demo).exists():
+        r = subprocess.run(["bash", "-c", f"source auto_convert.sh mm && bash {demo}"], cwd=clone, env=env,
+                           capture_output=True, text=True, timeout=3600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
