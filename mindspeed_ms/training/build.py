@@ -29,3 +29,32 @@ def build_model(model_cfg, args, backend: str):
     dtype = ms.bfloat16 if (ascend and args.bf16) else ms.float32
     attention = "flash" if (ascend and args.use_flash_attn) else "matmul"
     return LossCell(Qwen2VLForConditionalGeneration(model_cfg, attention_backend=attention, dtype=dtype))
+
+
+def build_feed(args, startup, rank: int):
+    """Datasets of --mm-data (preprocessed, cached), the qwen2vl collator, and this rank's feed.
+
+    Sample order: `shuffle` of dataloader_param (SequentialSampler never shuffles), seeded by --seed;
+    the Megatron micro-batch partition of `DataFeed` (see its docstring) is used for every
+    sampler_type, so DP and single-process runs partition each global batch the same way."""
+    from mindspeed_ms.config.data_config import load_data_json
+    from mindspeed_ms.data.collator import build_collator
+    from mindspeed_ms.data.dataset import build_datasets
+    from mindspeed_ms.training.data_feed import DataFeed, StreamFeed
+
+    cfg = load_data_json(args.mm_data)
+    dl = cfg.dataloader_param
+    if dl.collate_param.model_name != "qwen2vl":
+        raise ValueError(f"--mm-data {args.mm_data}: collate_param.model_name {dl.collate_param.model_name!r} is "
+                         f"for preference training; use posttrain_qwen2vl_dpo.py with it")
+    train, val = build_datasets(cfg, args.seq_length, seed=args.seed)
+    collator = build_collator(cfg, args.seq_length)
+    shuffle = dl.shuffle and dl.sampler_type != "SequentialSampler"
+    common = dict(micro_batch_size=args.micro_batch_size, dp_size=args.data_parallel_size, dp_rank=rank,
+                  grad_acc_steps=args.grad_acc_steps)
+    if cfg.basic_parameters.streaming:
+        return StreamFeed(train, val, collator, **common)
+    return DataFeed(len(train), lambda idx: collator([train[i] for i in idx]), seed=args.seed, shuffle=shuffle,
+                    val_num_samples=len(val) if val is not None else 0,
+                    make_val_batch=(lambda idx: collator([val[i] for i in idx])) if val is not None else None,
+                    source=f"the training set of {args.mm_data}", **common)

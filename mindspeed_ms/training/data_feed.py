@@ -89,3 +89,78 @@ class DataFeed:
             for b in batches:
                 self._shapes.add((tuple(b["input_ids"].shape), tuple(b["pixel_values"].shape)))
             yield batches
+
+
+class StreamFeed:
+    """`streaming: true`: global batches are read from the stream in order (no shuffle), each rank
+    materialises only its own micro-batches (same partition as `DataFeed`). The position is the
+    number of consumed global batches; a resumed run re-reads the (deterministic) stream and
+    skips them. At the end of the stream the next epoch starts it again."""
+
+    def __init__(self, train, val, collator, micro_batch_size: int, dp_size: int, dp_rank: int,
+                 grad_acc_steps: int):
+        from mindspeed_ms.data.dataset import materialize
+        self.train, self.val, self.collator, self._materialize = train, val, collator, materialize
+        self.mbs, self.dp, self.rank, self.ga = micro_batch_size, dp_size, dp_rank, grad_acc_steps
+        self.gbs = micro_batch_size * dp_size * grad_acc_steps
+        self.epoch, self.steps_done = 0, 0
+        self._rows = None
+        self._shapes = set()
+
+    def _read_global(self, rows_iter):
+        rows = []
+        for row in rows_iter:
+            rows.append(row)
+            if len(rows) == self.gbs:
+                return rows
+        return None
+
+    def _batches(self, ds, rows):
+        out = []
+        for i in range(self.ga):
+            mine = rows[(i * self.dp + self.rank) * self.mbs:(i * self.dp + self.rank + 1) * self.mbs]
+            b = self.collator([self._materialize(r, ds.cfg, ds.processor) for r in mine])
+            self._shapes.add((tuple(b["input_ids"].shape), tuple(b["pixel_values"].shape)))
+            out.append(b)
+        return out
+
+    def next_step(self):
+        for _ in range(2):
+            if self._rows is None:
+                self._rows = self.train.rows()
+                for _ in range(self.steps_done):          # resume: skip what was consumed
+                    if self._read_global(self._rows) is None:
+                        break
+            rows = self._read_global(self._rows)
+            if rows is not None:
+                self.steps_done += 1
+                return self._batches(self.train, rows)
+            self.epoch, self.steps_done, self._rows = self.epoch + 1, 0, None
+        raise ValueError(f"the streamed training set holds fewer samples than one global batch ({self.gbs})")
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "stream_steps_done": self.steps_done, "global_batch_size": self.gbs}
+
+    def load_state_dict(self, state):
+        if int(state.get("global_batch_size", self.gbs)) != self.gbs:
+            raise ValueError(f"cannot resume a streamed dataset with another global batch size "
+                             f"({state['global_batch_size']} saved, {self.gbs} now)")
+        self.epoch, self.steps_done, self._rows = int(state["epoch"]), int(state["stream_steps_done"]), None
+
+    def skip_to(self, consumed_samples: int):
+        self.steps_done, self._rows = consumed_samples // self.gbs, None
+
+    def buckets_seen(self) -> int:
+        return len(self._shapes)
+
+    @property
+    def has_val(self) -> bool:
+        return self.val is not None
+
+    def val_steps(self, max_steps: int):
+        rows_iter = self.val.rows()
+        for _ in range(max_steps):
+            rows = self._read_global(rows_iter)
+            if rows is None:
+                return
+            yield self._batches(self.val, rows)

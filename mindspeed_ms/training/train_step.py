@@ -102,14 +102,19 @@ def make_accumulators(params: Sequence[Parameter]) -> ParameterTuple:
 
 
 class ForwardOnly(nn.Cell):
-    """Validation: the weighted loss of a micro-batch, no gradients."""
+    """Validation: the weighted loss of a micro-batch, no gradients. It calls the model itself
+    with explicit arguments (not the LossCell that MicroStep differentiates): MindSpore 2.10 fails
+    to compile a second top-level graph through the same *args wrapper."""
 
-    def __init__(self, loss_cell: nn.Cell):
+    def __init__(self, loss_cell: LossCell):
         super().__init__(auto_prefix=False)
-        self.loss_cell = loss_cell
+        self.model = loss_cell.network
 
-    def construct(self, *batch):
-        return self.loss_cell(*batch)
+    def construct(self, input_ids, attention_mask, position_ids, pixel_values, vision_pos_ids, vision_segment_ids,
+                  vision_gather_index, vision_token_mask, labels, loss_weights):
+        loss, _ = self.model(input_ids, attention_mask, position_ids, pixel_values, vision_pos_ids,
+                             vision_segment_ids, vision_gather_index, vision_token_mask, labels, loss_weights)
+        return loss
 
     @property
     def compilations(self) -> int:

@@ -101,6 +101,11 @@ class Trainer:
         self.opt_step = OptimizerStep(self.accum, self.optimizer, args.clip_grad, self.dp)
         self.forward = ForwardOnly(model)
         self.schedule = LRSchedule.from_args(args)
+        # CPU: one graph with dynamic batch/sequence/patch dimensions (compiles once; measured ~20 s for
+        # the tiny model instead of ~35 s per bucket). Ascend: one static graph per collator bucket,
+        # the safer choice for its kernels and for semi-auto parallel.
+        self.dynamic_shapes = args.backend != "Ascend"
+        self._inputs_declared = False
         self.iteration = 0
         self.consumed = 0
         self.ms = ms
@@ -180,7 +185,13 @@ class Trainer:
 
     def _tensors(self, mb):
         from mindspeed_ms.training.train_step import TRAIN_KEYS
-        return [self.ms.Tensor(mb[k]) for k in TRAIN_KEYS]
+        tensors = [self.ms.Tensor(mb[k]) for k in TRAIN_KEYS]
+        if self.dynamic_shapes and not self._inputs_declared:
+            dyn = [self.ms.Tensor(shape=[None] * t.ndim, dtype=t.dtype) for t in tensors]
+            self.micro.set_inputs(self.ms.Tensor(shape=[], dtype=self.ms.bool_), *dyn)
+            self.forward.set_inputs(*dyn)
+            self._inputs_declared = True
+        return tensors
 
     def train_step(self, micro_batches: List[Dict]):
         ms = self.ms
