@@ -1,0 +1,129 @@
+"""Autoregressive generation for Qwen2-VL: prefill once with the images, then decode one token at a
+time from the text decoder's KV cache (PYNATIVE), or recompute the whole sequence every step.
+
+M-RoPE positions: the prompt gets its 3-D (t, h, w) positions from `rope.get_rope_index`, which
+also returns `rope_deltas` = (max position + 1) - prompt length. A generated token at absolute
+index `i` (counting the prompt, padding included) then has position `i + rope_deltas` on all three
+rows, exactly as HF's `Qwen2VLForConditionalGeneration.prepare_inputs_for_generation` does; with left
+padding this is each row's own "last position + 1, + 2, ...".
+
+Both paths must give the same tokens; `tests/test_generation_kv_cache.py` checks that, and checks
+both against transformers' `generate`.
+"""
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+import numpy as np
+from mindspore import Tensor
+
+from mindspeed_ms.inference.sampling import SamplingConfig, TokenChooser
+
+IM_END_ID = 151645
+ENDOFTEXT_ID = 151643
+
+
+@dataclass
+class GenerationOutput:
+    """`tokens[b]`: the new token ids of row b, up to and including the stop token if one came.
+    `stopped[b]`: whether row b ended on a stop token (False: it hit max_new_tokens)."""
+    tokens: List[List[int]] = field(default_factory=list)
+    stopped: List[bool] = field(default_factory=list)
+
+
+def _as_2d(x, name):
+    x = np.asarray(x.asnumpy() if isinstance(x, Tensor) else x)
+    if x.ndim == 1:
+        x = x[None]
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be [batch, seq], got shape {x.shape}")
+    return x
+
+
+class _Stopper:
+    def __init__(self, batch, stop_token_ids):
+        self.stop = set(int(t) for t in stop_token_ids)
+        self.done = np.zeros(batch, dtype=bool)
+        self.tokens = [[] for _ in range(batch)]
+
+    def push(self, next_ids):
+        for b, t in enumerate(next_ids.tolist()):
+            if not self.done[b]:
+                self.tokens[b].append(t)
+                if t in self.stop:
+                    self.done[b] = True
+
+    def output(self):
+        return GenerationOutput(tokens=self.tokens, stopped=self.done.tolist())
+
+
+def generate(model, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
+             pixel_values_videos=None, video_grid_thw=None, max_new_tokens=32,
+             sampling: Optional[SamplingConfig] = None, stop_token_ids: Sequence[int] = (IM_END_ID,),
+             pad_token_id: int = ENDOFTEXT_ID, use_cache: bool = True) -> GenerationOutput:
+    """Generate up to `max_new_tokens` tokens after each prompt row.
+
+    `input_ids` [B, S] (or [S]); batches must be LEFT-padded (`attention_mask` 0 on the left) so
+    that every row's next token is appended at the same index. Vision inputs as in the HF-style
+    forward (all images of the batch in order). Rows stop independently at a token of
+    `stop_token_ids`; finished rows are fed `pad_token_id` (their outputs are ignored).
+    `use_cache=False` recomputes the full sequence (vision included) at every step: slow, and the
+    reference the cached path is tested against.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    input_ids = _as_2d(input_ids, "input_ids").astype(np.int32)
+    mask = np.ones_like(input_ids) if attention_mask is None else _as_2d(attention_mask, "attention_mask").astype(np.int32)
+    if mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask shape {mask.shape} != input_ids shape {input_ids.shape}")
+    if input_ids.shape[0] > 1 and (mask[:, -1] == 0).any():
+        raise ValueError("batched generation needs LEFT padding: the last column of attention_mask has zeros "
+                         "(pad on the left, e.g. tokenizer.padding_side = 'left')")
+    chooser = TokenChooser(sampling or SamplingConfig())
+    stopper = _Stopper(input_ids.shape[0], stop_token_ids)
+    vision = dict(pixel_values=pixel_values, image_grid_thw=image_grid_thw,
+                  pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw)
+    if use_cache:
+        _generate_cached(model, input_ids, mask, vision, max_new_tokens, chooser, stopper, pad_token_id)
+    else:
+        _generate_recompute(model, input_ids, mask, vision, max_new_tokens, chooser, stopper, pad_token_id)
+    return stopper.output()
+
+
+def _last_logits(logits):
+    return logits[:, -1, :].asnumpy()
+
+
+def _generate_recompute(model, ids, mask, vision, max_new, chooser, stopper, pad_id):
+    for _ in range(max_new):
+        out = model(input_ids=ids, attention_mask=mask, **vision)
+        nxt = chooser(_last_logits(out.logits))
+        stopper.push(nxt)
+        if stopper.done.all():
+            return
+        nxt = np.where(stopper.done, pad_id, nxt).astype(np.int32)
+        ids = np.concatenate([ids, nxt[:, None]], axis=1)
+        mask = np.concatenate([mask, np.ones_like(nxt[:, None])], axis=1)
+
+
+def _generate_cached(model, ids, mask, vision, max_new, chooser, stopper, pad_id):
+    batch, rope_deltas = model.prepare_batch(ids, mask, **vision)
+    t = {k: Tensor(v) for k, v in batch.items()}
+    embeds = model.merge_vision(t["input_ids"], t["pixel_values"], t["vision_pos_ids"], t["vision_segment_ids"],
+                                t["vision_gather_index"], t["vision_token_mask"])
+    decoder = model.text_decoder
+    logits, past = decoder(embeds, t["position_ids"], t["attention_mask"], None, True)
+    nxt = chooser(_last_logits(logits))
+    length = ids.shape[1]
+    for _ in range(max_new - 1):
+        stopper.push(nxt)
+        if stopper.done.all():
+            return
+        nxt = np.where(stopper.done, pad_id, nxt).astype(np.int32)
+        mask = np.concatenate([mask, np.ones((mask.shape[0], 1), np.int32)], axis=1)
+        # the new token sits at index `length`; its M-RoPE position is length + rope_deltas on all rows
+        pos = np.broadcast_to((length + rope_deltas).astype(np.int32)[None], (3, ids.shape[0], 1)).copy()
+        embeds = decoder.embedding(Tensor(nxt[:, None]))
+        logits, past = decoder(embeds, Tensor(pos), Tensor(mask), past, True)
+        nxt = chooser(_last_logits(logits))
+        length += 1
+    stopper.push(nxt)
