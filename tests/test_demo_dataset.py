@@ -171,6 +171,14 @@ def test_llava_copy(dataset):
             assert "image" not in rec
 
 
+def test_llava_copy_through_the_converter(dataset):
+    """The LLaVA copy, converted back by llava_instruct_2_mllm_demo_format.py, is the training data
+    LLaVA can express (single image or text only), image paths included."""
+    converted = _load(dataset, "mllm_format_llava_instruct_data.json")
+    single = [s for s in _load(dataset, "train.json") if len(s.get("images", [])) <= 1]
+    assert converted == [{"images": s.get("images", []), "messages": s["messages"]} for s in single]
+
+
 def test_too_small_split_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="--train and --val"):
         mdd.make_demo_dataset(str(tmp_path), n_train=3, n_val=30)

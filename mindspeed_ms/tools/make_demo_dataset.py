@@ -276,19 +276,19 @@ def _write_json(path, obj):
 
 
 def convert_llava_copy(out_dir):
-    """Run the LLaVA -> MLLM converter on llava_instruct.json, as a user of MindSpeed-MM would."""
+    """Run the LLaVA -> MLLM converter on llava_instruct.json, as a MindSpeed-MM user would. It runs
+    inside OUT_DIR with `--image-dir images`, so its image paths read like train.json's."""
     script = converter_script()
     if not os.path.exists(script):
-        raise FileNotFoundError(f"LLaVA converter not found at {script}: the demo dataset needs it")
-    out = os.path.join(out_dir, "mllm_format_llava_instruct_data.json")
-    cmd = [sys.executable, script,
-           "--input", os.path.join(out_dir, "llava_instruct.json"),
-           "--image-dir", os.path.join(out_dir, "images"),
-           "--output", out]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+        raise FileNotFoundError(f"LLaVA converter not found at {script}: the demo dataset needs it "
+                                f"(or pass --no-llava)")
+    out = "mllm_format_llava_instruct_data.json"
+    cmd = [sys.executable, script, "--llava-json", "llava_instruct.json", "--image-dir", "images",
+           "--output", out, "--overwrite"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=out_dir)
     if res.returncode != 0:
-        raise RuntimeError(f"LLaVA converter failed ({' '.join(cmd)}):\n{res.stdout}\n{res.stderr}")
-    return out
+        raise RuntimeError(f"LLaVA converter failed (in {out_dir}: {' '.join(cmd)}):\n{res.stdout}\n{res.stderr}")
+    return os.path.join(out_dir, out)
 
 
 def make_demo_dataset(out_dir, seed=1234, n_train=1200, n_val=120, blank=False, convert_llava=True):
@@ -305,7 +305,7 @@ def make_demo_dataset(out_dir, seed=1234, n_train=1200, n_val=120, blank=False, 
             "palette": {k: list(v) for k, v in PALETTE.items()}, "shapes": list(SHAPES),
             "image_side_range": [MIN_SIDE, MAX_SIDE]}
     _write_json(os.path.join(out_dir, "meta.json"), meta)
-    if convert_llava and os.path.exists(converter_script()):
+    if convert_llava:
         convert_llava_copy(out_dir)
     return meta
 
