@@ -74,6 +74,29 @@ def _check(cond, where, key, msg):
         raise ModelConfigError(f"{where}: key '{key}' {msg}")
 
 
+def _check_pipeline_num_layers(value, num_layers, where, section):
+    """`pipeline_num_layers` is flat (one count per stage, or pp*vpp counts) or MindSpeed-MM's VPP
+    form, one list per virtual-pipeline chunk (`[[..pp..], [..pp..]]`). Without the run's pp/vpp
+    only the shape of the value is known here: the parallel package's own normaliser checks it with
+    the sizes the value itself implies (nested: vpp = number of lists, pp = their common length);
+    `validate_parallel_config` checks it again against the flags."""
+    if value is None:
+        return
+    from mindspeed_ms.parallel.layout import ParallelConfigError, normalize_pp_layers
+    key = f"{section}.pipeline_num_layers"
+    nested = bool(value) and all(isinstance(v, list) for v in value)
+    if value and not nested and any(isinstance(v, list) for v in value):
+        raise ModelConfigError(f"{where}: key '{key}' {value} mixes numbers and lists; use one count per "
+                               f"stage ([1, 10, 10, 7]) or one list per virtual-pipeline chunk ([[..], [..]])")
+    vpp = len(value) if nested else 1
+    pp = len(value[0]) if nested else len(value)
+    try:
+        normalize_pp_layers(value, max(pp, 1), vpp, num_layers, key)
+    except ParallelConfigError as e:
+        raise ModelConfigError(f"{where}: key '{key}' is invalid: {e} (counts must be non-negative "
+                               f"and sum to num_layers ({num_layers}))") from None
+
+
 @dataclass
 class VisionEncoderConfig:
     """`image_encoder.vision_encoder` (qwen2vit)."""
@@ -104,7 +127,7 @@ class VisionEncoderConfig:
     add_bias_linear: bool = True
     attention_softmax_in_fp32: bool = True
     init_method_std: float = 0.02
-    pipeline_num_layers: Optional[List[int]] = None
+    pipeline_num_layers: Optional[list] = None   # flat [..pp..] or VPP-nested [[..pp..], ...]
     recompute_granularity: Optional[str] = None
     recompute_method: Optional[str] = None
     recompute_num_layers: Optional[int] = None
@@ -131,9 +154,7 @@ class VisionEncoderConfig:
         _check(not self.post_layer_norm, where, f"{section}.post_layer_norm", "must be false: qwen2vit has no post layer norm")
         _check(self.add_qkv_bias and self.add_bias_linear, where, f"{section}.add_qkv_bias/add_bias_linear",
                "must be true: the Qwen2-VL checkpoints have ViT biases")
-        if self.pipeline_num_layers is not None:
-            _check(sum(self.pipeline_num_layers) == self.num_layers and min(self.pipeline_num_layers) >= 0, where,
-                   f"{section}.pipeline_num_layers", f"{self.pipeline_num_layers} must be non-negative and sum to num_layers ({self.num_layers})")
+        _check_pipeline_num_layers(self.pipeline_num_layers, self.num_layers, where, section)
 
     @property
     def patch_dim(self):
@@ -174,7 +195,7 @@ class TextDecoderConfig:
     """`text_decoder` (qwen2lm)."""
     model_id: str = "qwen2lm"
     num_layers: int = 28
-    pipeline_num_layers: Optional[List[int]] = None
+    pipeline_num_layers: Optional[list] = None   # flat [..pp..] or VPP-nested [[..pp..], ...]
     hidden_size: int = 3584
     ffn_hidden_size: Optional[int] = None
     num_attention_heads: int = 28
@@ -235,9 +256,7 @@ class TextDecoderConfig:
         _check(self.rope_scaling is None or self.rope_scaling.get("type", self.rope_scaling.get("rope_type")) in ("mrope", "default"),
                where, f"{section}.rope_scaling", f"{self.rope_scaling} is not supported by Qwen2-VL (only mrope/default)")
         _check(self.params_dtype in DTYPES, where, f"{section}.params_dtype", f"is '{self.params_dtype}'; one of {DTYPES}")
-        if self.pipeline_num_layers is not None:
-            _check(sum(self.pipeline_num_layers) == self.num_layers and min(self.pipeline_num_layers) >= 0, where,
-                   f"{section}.pipeline_num_layers", f"{self.pipeline_num_layers} must be non-negative and sum to num_layers ({self.num_layers})")
+        _check_pipeline_num_layers(self.pipeline_num_layers, self.num_layers, where, section)
 
     @property
     def tied(self):
