@@ -46,16 +46,24 @@ def test_pipeline_plan_applies_to_the_model():
     assert recomputed == ["text_decoder.decoder.layers.0", "text_decoder.decoder.layers.1"]
 
 
-def test_tensor_parallel_plan_reports_what_the_model_lacks():
+def test_tensor_parallel_plan_applies_to_the_model():
     cfg = tiny(untie=False, pp=1)
     model = Qwen2VLForConditionalGeneration(cfg)
     pcfg = validate_parallel_config({"tensor_model_parallel_size": 2, "seq_length": 16}, cfg, 2)
     plan = build_shard_plan(cfg, pcfg)
-    with pytest.raises(ParallelConfigError) as err:
-        apply_shard_plan(model, plan)
-    lines = str(err.value).splitlines()[1:]
-    # every primitive strategy resolved; only the per-rank GLU split switch is missing
-    assert lines and all("TextMLP has no attribute 'glu_chunks'" in ln for ln in lines), lines
+    apply_shard_plan(model, plan)
+    # the per-rank GLU split (mm-convert's concat(gate[r], up[r]) per tp rank) is switched on
+    assert all(layer.mlp.glu_chunks == 2 for layer in model.text_decoder.decoder.layers)
     qkv = model.text_decoder.decoder.layers[0].self_attention.linear_qkv
     assert qkv.matmul.in_strategy == ((1, 1), (2, 1)) and qkv.bias_add.in_strategy == ((1, 2), (2,))
     assert model.text_decoder.output_matmul.in_strategy == ((1, 1), (2, 1))   # tied, one stage
+
+
+def test_apply_reports_what_a_model_lacks():
+    cfg = tiny(untie=False, pp=1)
+    model = Qwen2VLForConditionalGeneration(cfg)
+    pcfg = validate_parallel_config({"tensor_model_parallel_size": 2, "seq_length": 16}, cfg, 2)
+    plan = build_shard_plan(cfg, pcfg)
+    del model.text_decoder.decoder.layers[1].mlp.glu_chunks
+    with pytest.raises(ParallelConfigError, match=r"layers\.1\.mlp: TextMLP has no attribute 'glu_chunks'"):
+        apply_shard_plan(model, plan)
