@@ -63,6 +63,8 @@ class ShardPlan:
     cells: List[CellSetting] = field(default_factory=list)
     flash_attention: bool = False
     notes: List[str] = field(default_factory=list)
+    # tied embeddings with the output layer on another stage: the model needs its own copy
+    tied_output_copy: bool = False
 
     def entries_for(self, cell_prefix: str) -> List[ShardEntry]:
         return [e for e in self.entries if e.cell == cell_prefix or e.cell.startswith(cell_prefix + ".")]
@@ -258,8 +260,9 @@ def build_shard_plan(model_cfg, cfg: ParallelConfig, backend: str = "CPU", bf16:
                    ((rows_t, h), (t.vocab_size, h)), "vocab", stage, contractions=((0, 1, 1, 1),),
                    params={1: out_w}))
     if not shared:
-        # (tied embeddings across stages: the last stage needs its own output_layer Cell holding
-        # mm-convert's copy of the table; apply_shard_plan reports a model without one)
+        # tied embeddings across stages: the last stage holds its own output_layer with mm-convert's
+        # copy of the table (apply_shard_plan asks the model to create it)
+        plan.tied_output_copy = t.tied
         plan.cells.append(CellSetting(f"{TEXT_PREFIX}.output_layer", stage, out_pl.chunk))
     # vocab-parallel cross-entropy: max / sum-exp over the split vocabulary are all-reduced
     # cross-entropy on [b, s, vocab] logits: MindSpore's LogSoftmax / GatherD keep their axis whole,
@@ -287,9 +290,16 @@ def apply_shard_plan(model, plan: ShardPlan):
     """Set the plan on a model: `prim.shard(...)` for every entry, `pipeline_stage` /
     `pipeline_segment` and `recompute()` per Cell, and the plan's Cell attributes. Only
     meaningful under semi-auto parallel (Ascend); setting it elsewhere changes nothing in the math.
-    Raises ParallelConfigError listing every Cell / primitive / attribute the model lacks."""
+    Raises ParallelConfigError listing every Cell / primitive / attribute the model lacks.
+
+    With `plan.tied_output_copy` the text decoder first gets its output-layer copy of the table
+    (`add_output_layer_copy`), a new parameter: apply the plan before building the optimizer."""
     from mindspeed_ms.parallel.layout import ParallelConfigError
     cells = dict(model.cells_and_names())
+    decoder = cells.get(TEXT_PREFIX)
+    if plan.tied_output_copy and hasattr(decoder, "add_output_layer_copy"):
+        decoder.add_output_layer_copy()
+        cells = dict(model.cells_and_names())
     missing = []
     for e in plan.entries:
         cell = cells.get(e.cell)

@@ -141,11 +141,31 @@ class TextDecoder(nn.Cell):
         else:
             # logits = h @ word_embeddings^T; its own primitive so it can be vocab-sharded
             self.output_matmul = ops.MatMul(transpose_b=True)
+        # a tied model whose output layer sits on another pipeline stage holds its own copy
+        self.output_copy = False
         self.hidden_size = cfg.hidden_size
         self.vocab_size = cfg.vocab_size
+        self.init_method_std = cfg.init_method_std
+
+    def add_output_layer_copy(self):
+        """Tied embeddings with the output layer on another pipeline stage than the embedding (e.g.
+        the 2B model with pp > 1): create `output_layer` holding a copy of the table, the tensor
+        mm-convert writes to the last stage as `output_layer.weight`. Megatron keeps the two copies
+        equal by summing their gradients (`parallel.tied_grads`). Call before building the optimizer.
+        No-op for an untied model or when the copy exists."""
+        if not self.tied or self.output_copy:
+            return
+        table = self.embedding.word_embeddings.weight
+        layer = Linear(self.hidden_size, self.vocab_size, False, self.init_method_std, table.dtype)
+        layer.weight.set_data(table.value().copy())
+        self.output_layer = layer
+        # a Cell attached after construction is named from here down only: give it the full path
+        prefix = table.name[:-len("embedding.word_embeddings.weight")]
+        layer.update_parameters_name(prefix + "output_layer.")
+        self.output_copy = True
 
     def logits(self, hidden):
-        if self.tied:
+        if self.tied and not self.output_copy:
             b, s, h = hidden.shape
             out = self.output_matmul(ops.reshape(hidden, (b * s, h)), self.embedding.word_embeddings.weight)
             return ops.reshape(out, (b, s, self.vocab_size))

@@ -185,7 +185,13 @@ class Qwen2VLForConditionalGeneration(nn.Cell):
     # ------------------------------------------------------------------ weights
     def load_mm_state_dict(self, state_dict, strict=True):
         """Load numpy arrays (or Tensors) by MindSpeed-MM name. With `strict`, a missing or unknown
-        name or a shape mismatch is an error listing the names."""
+        name or a shape mismatch is an error listing the names.
+
+        Tied embeddings: a pipeline-parallel checkpoint carries the last stage's copy of the table as
+        `output_layer.weight`; it fills the model's copy (`add_output_layer_copy`) and is dropped by a
+        model without one (pp 1: the head is the embedding). A model with a copy loading a pp 1
+        checkpoint takes the copy from the embedding, as mm-convert would write it."""
+        state_dict = self._fit_tied_output(state_dict)
         params = self.parameters_dict()
         unknown = sorted(set(state_dict) - set(params))
         missing = sorted(set(params) - set(state_dict))
@@ -203,6 +209,16 @@ class Qwen2VLForConditionalGeneration(nn.Cell):
                 arr = arr.astype(np.float32)
             p.set_data(Tensor(arr, dtype=p.dtype))
         return missing, unknown
+
+    def _fit_tied_output(self, state_dict):
+        from mindspeed_ms.checkpoint.names import MM_EMBED, MM_OUTPUT
+        if not self.text_decoder.tied:
+            return state_dict
+        if self.text_decoder.output_copy and MM_OUTPUT not in state_dict and MM_EMBED in state_dict:
+            return {**state_dict, MM_OUTPUT: state_dict[MM_EMBED]}
+        if not self.text_decoder.output_copy and MM_OUTPUT in state_dict:
+            return {k: v for k, v in state_dict.items() if k != MM_OUTPUT}
+        return state_dict
 
     def mm_state_dict(self):
         """name -> numpy array of every parameter (MindSpeed-MM names)."""
