@@ -264,10 +264,25 @@ def build_shard_plan(model_cfg, cfg: ParallelConfig, backend: str = "CPU", bf16:
         # copy of the table (apply_shard_plan asks the model to create it)
         plan.tied_output_copy = t.tied
         plan.cells.append(CellSetting(f"{TEXT_PREFIX}.output_layer", stage, out_pl.chunk))
-    # vocab-parallel cross-entropy: max / sum-exp over the split vocabulary are all-reduced
-    # cross-entropy on [b, s, vocab] logits: MindSpore's LogSoftmax / GatherD keep their axis whole,
-    # so the vocabulary is gathered over tp here (see docs/parallel.md)
-    add(ShardEntry("loss_fn", "log_softmax", ((dp, cp, 1),), ((batch, seq, t.vocab_size),), "loss", stage))
+    if tp > 1:
+        # vocab-parallel cross-entropy (models/qwen2vl/vocab_parallel_ce.py): the logits stay split
+        # over the vocabulary as the output layer leaves them; the max, the sum-exp and the picked
+        # target logit are reductions over the split axis (MindSpore all-reduces them over tp)
+        ce = "loss_fn.vocab_ce"
+        vshape, vs = (rows_t, t.vocab_size), (row_split_t, tp)
+        add(ShardEntry(ce, "reduce_max", (vs,), (vshape,), "loss", stage))
+        add(ShardEntry(ce, "sub", (vs, (row_split_t, 1)), (vshape, (rows_t, 1)), "loss", stage))
+        add(ShardEntry(ce, "exp", (vs,), (vshape,), "loss", stage))
+        add(ShardEntry(ce, "sum_exp", (vs,), (vshape,), "loss", stage))
+        # OneHot's strategy describes its output [rows, vocab] (inputs: indices [rows], two scalars)
+        add(ShardEntry(ce, "onehot", (vs, (), ()), (vshape, (), ()), "loss", stage))
+        add(ShardEntry(ce, "mul_pick", (vs, vs), (vshape, vshape), "loss", stage))
+        add(ShardEntry(ce, "sum_pick", (vs,), (vshape,), "loss", stage))
+        plan.cells.append(CellSetting("loss_fn", stage, out_pl.chunk, attrs={"vocab_parallel": True}))
+    else:
+        # whole vocabulary per rank: LogSoftmax / GatherD over [b, s, vocab]
+        add(ShardEntry("loss_fn", "log_softmax", ((dp, cp, 1),), ((batch, seq, t.vocab_size),), "loss", stage))
+        plan.cells.append(CellSetting("loss_fn", stage, out_pl.chunk))
     if cp > 1 and cfg.seq_length and cfg.seq_length % cfg.seq_split:
         plan.notes.append(f"unaligned sequence: --seq-length {cfg.seq_length} padded to {seq} "
                           f"(multiple of {cfg.seq_split}) for the sequence split; padding is masked")

@@ -2,6 +2,8 @@
 import mindspore as ms
 from mindspore import nn, ops
 
+from mindspeed_ms.models.qwen2vl.vocab_parallel_ce import VocabParallelLogProb
+
 IGNORE_INDEX = -100
 
 
@@ -13,6 +15,10 @@ class CausalLMLoss(nn.Cell):
     valid tokens, where `loss_weights[:, s]` weights the prediction of `labels[:, s+1]` (the same
     shifted alignment; the last column is unused). This carries the per-token / per-sample loss
     modes and gradient-accumulation scaling decided by the training loop.
+
+    `vocab_parallel` (set by the shard plan with tp > 1): the log-probability of the target comes
+    from `VocabParallelLogProb`, a max / sum-exp decomposition whose vocab axis can stay split over
+    tp (no gather of the logits); off (CPU, tp 1): LogSoftmax + GatherD, cheaper without a split.
     """
 
     def __init__(self):
@@ -20,6 +26,8 @@ class CausalLMLoss(nn.Cell):
         self.log_softmax = ops.LogSoftmax(axis=-1)
         self.gather = ops.GatherD()
         self.cast = ops.Cast()
+        self.vocab_parallel = False
+        self.vocab_ce = VocabParallelLogProb()
 
     def token_nll(self, logits, labels):
         """Per-position negative log-likelihood [B, S] and validity mask [B, S] (fp32)."""
@@ -28,8 +36,11 @@ class CausalLMLoss(nn.Cell):
         shifted = ops.concat((labels[:, 1:], ignore), 1)
         valid = shifted != IGNORE_INDEX
         safe = ops.select(valid, shifted, ops.zeros_like(shifted))
-        logp = self.log_softmax(self.cast(logits, ms.float32))
-        picked = self.gather(logp, 2, ops.expand_dims(self.cast(safe, ms.int32), -1)).squeeze(-1)
+        if self.vocab_parallel:
+            picked = self.vocab_ce(self.cast(logits, ms.float32), self.cast(safe, ms.int32))
+        else:
+            logp = self.log_softmax(self.cast(logits, ms.float32))
+            picked = self.gather(logp, 2, ops.expand_dims(self.cast(safe, ms.int32), -1)).squeeze(-1)
         validf = self.cast(valid, ms.float32)
         return -picked * validf, validf
 
