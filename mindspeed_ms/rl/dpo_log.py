@@ -1,0 +1,35 @@
+"""DPO iteration lines: Megatron's line with the reward metrics after the loss, as Megatron prints
+every entry of its loss dict (`lm loss: ... | rewards/chosen: ... | ... | loss scale: ...`)."""
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+from mindspeed_ms.training.train_log import TrainLogger, format_iteration_line
+
+METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+
+
+def insert_metrics(line: str, metrics: Dict[str, float]) -> str:
+    extra = "".join(f" {k}: {metrics[k]:.6E} |" for k in METRICS if k in metrics)
+    cut = line.index(" loss scale:")
+    return line[:cut] + extra + line[cut:]
+
+
+class DPOTrainLogger(TrainLogger):
+    """`pending` holds the metrics of the step about to be logged (set by the DPO trainer)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.pending: Dict[str, float] = {}
+        self.metric_history: List[Tuple[int, Dict[str, float]]] = []
+
+    def iteration(self, iteration, consumed, elapsed_ms, lr, gbs, loss, grad_norm, tokens_per_sample, log_now):
+        super().iteration(iteration, consumed, elapsed_ms, lr, gbs, loss, grad_norm, tokens_per_sample, False)
+        metrics = dict(self.pending)
+        self.metric_history.append((iteration, metrics))
+        if log_now:
+            self.print(insert_metrics(format_iteration_line(iteration, self.train_iters, consumed, elapsed_ms, lr,
+                                                            gbs, loss, grad_norm, tokens_per_sample), metrics))
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.scalar(k, v, iteration)

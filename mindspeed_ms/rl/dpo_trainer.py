@@ -1,0 +1,233 @@
+"""posttrain_qwen2vl_dpo.py: DPO preference training with the fine-tuning loop's command line.
+
+Same parser, checks, data feed, optimizer, checkpoints and logs as pretrain_vlm.py; what differs:
+- the data must be ranking data (`attr.ranking: true`, collator `qwen2vl_dpo`); a global batch of
+  GBS pairs is cut into micro-batches of `--micro-batch-size` pairs (2 x mbs rows each);
+- the loss is DPO (rl/dpo_loss.py) on summed label log-probs of the policy and of a frozen
+  reference, and `rewards/chosen`, `rewards/rejected`, `rewards/margins`, `rewards/accuracies`
+  are logged every iteration (averaged over the global batch);
+- the reference is `--ref-model` (default: the model the run starts from). With LoRA and a
+  reference that is the base model, the reference pass is the policy with its adapters gated off:
+  no second copy of the weights. Otherwise a frozen copy is loaded from `--ref-model`.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from mindspeed_ms.arguments import ArgumentError, parse_args, validate_args
+from mindspeed_ms.rl.dpo_log import METRICS, DPOTrainLogger
+from mindspeed_ms.rl.dpo_loss import DPOLoss, check_dpo_options
+from mindspeed_ms.rl.dpo_step import LOGP_KEYS, DPOForward, DPOLossCell, DPOMicroStep, ReferenceLogProbs
+from mindspeed_ms.training.backend import detect_backend, dist_env
+from mindspeed_ms.training.trainer import Trainer, TrainingError, load_model_state
+
+PROG = "posttrain_qwen2vl_dpo.py"
+
+
+def _is_checkpoint(d: Optional[str]) -> bool:
+    return bool(d) and os.path.isfile(os.path.join(d, "latest_checkpointed_iteration.txt"))
+
+
+def _same_dir(a: Optional[str], b: Optional[str]) -> bool:
+    return bool(a) and bool(b) and os.path.realpath(a) == os.path.realpath(b)
+
+
+def resolve_reference(args) -> str:
+    """The reference checkpoint directory (checked before any compute)."""
+    lora = bool(args.lora_target_modules)
+    if args.ref_model is not None:
+        if not os.path.isdir(args.ref_model):
+            raise ArgumentError(f"--ref-model {args.ref_model}: no such directory. Give the reference model's MM "
+                                f"checkpoint (usually the model the run starts from, as --load).")
+        if not _is_checkpoint(args.ref_model):
+            raise ArgumentError(f"--ref-model {args.ref_model} holds no checkpoint (latest_checkpointed_iteration.txt "
+                                f"is missing): point it at an mm-convert hf_to_mm output or a --save directory.")
+        return args.ref_model
+    start = (args.load_base_model or args.load) if lora else args.load
+    if not start:
+        raise ArgumentError("DPO needs a frozen reference model: pass --ref-model (or --load, its default) with the "
+                            "checkpoint the policy starts from.")
+    if not lora and not args.finetune:
+        from mindspeed_ms.checkpoint.layout import latest_tag
+        if latest_tag(args.load) != "release":
+            raise ArgumentError(f"--load {args.load} is an iteration checkpoint, so this run resumes an earlier "
+                                f"one; the reference must stay the original model: pass it with --ref-model.")
+    return start
+
+
+class AdapterOffReference:
+    """The base model as reference: the policy's own graph with every LoRA adapter gated off."""
+
+    kind = "the base model (LoRA adapters off, weights shared with the policy)"
+
+    def __init__(self, policy_model, adapters):
+        self.cell = ReferenceLogProbs(policy_model)
+        self.adapters = adapters
+
+    def logps(self, tensors):
+        with self.adapters.disabled():
+            return self.cell(*tensors)
+
+    def snapshot(self) -> Dict[str, np.ndarray]:
+        return {}
+
+
+class FrozenReference:
+    """A separate frozen copy of the model, loaded from the reference checkpoint."""
+
+    def __init__(self, model, source):
+        self.model = model
+        for p in model.get_parameters():
+            p.requires_grad = False
+        self.cell = ReferenceLogProbs(model)
+        self.kind = f"a frozen copy loaded from {source}"
+
+    def logps(self, tensors):
+        return self.cell(*tensors)
+
+    def snapshot(self) -> Dict[str, np.ndarray]:
+        return {p.name: p.asnumpy().copy() for p in self.model.get_parameters()}
+
+
+def build_reference(args, startup, backend, ref_dir, policy, lora):
+    if lora is not None and _same_dir(ref_dir, lora.base_dir):
+        return AdapterOffReference(policy.network, lora.adapters)
+    from mindspeed_ms.training.build import build_model
+    from mindspeed_ms.training.checkpointing import CheckpointLoadError, load_checkpoint
+    ref = build_model(startup.model, args, backend).network
+    try:
+        ck = load_checkpoint(ref_dir)
+    except (CheckpointLoadError, ValueError) as e:
+        raise TrainingError(f"--ref-model {ref_dir}: {e}") from None
+    load_model_state({p.name: p for p in ref.get_parameters()}, ck["model"], ck["path"])
+    return FrozenReference(ref, ref_dir)
+
+
+def build_dpo_feed(args, startup, rank: int):
+    """Ranking datasets of --mm-data through the `qwen2vl_dpo` collator, in Megatron's order."""
+    from mindspeed_ms.config.data_config import load_data_json
+    from mindspeed_ms.data.collator import build_collator
+    from mindspeed_ms.data.dataset import build_datasets
+    from mindspeed_ms.training.data_feed import DataFeed
+
+    cfg = load_data_json(args.mm_data)
+    dl = cfg.dataloader_param
+    if dl.collate_param.model_name != "qwen2vl_dpo" or not cfg.attr.ranking:
+        raise ValueError(f"--mm-data {args.mm_data}: DPO needs ranking data (attr.ranking: true with attr.chosen / "
+                         f"attr.rejected naming the two answers, and collate_param.model_name \"qwen2vl_dpo\"), as in "
+                         f"examples/mindspore/qwen2vl/data_72b_dpo.json")
+    train, val = build_datasets(cfg, args.seq_length, seed=args.seed)
+    collator = build_collator(cfg, args.seq_length)
+    common = dict(micro_batch_size=args.micro_batch_size, dp_size=args.data_parallel_size, dp_rank=rank,
+                  grad_acc_steps=args.grad_acc_steps)
+    if cfg.basic_parameters.streaming:
+        from mindspeed_ms.training.data_feed import StreamFeed
+        return StreamFeed(train, val, collator, **common)
+    shuffle = dl.shuffle and dl.sampler_type != "SequentialSampler"
+    return DataFeed(len(train), lambda idx: collator([train[i] for i in idx]), seed=args.seed, shuffle=shuffle,
+                    val_num_samples=len(val) if val is not None else 0,
+                    make_val_batch=(lambda idx: collator([val[i] for i in idx])) if val is not None else None,
+                    source=f"the training set of {args.mm_data}", **common)
+
+
+class DPOTrainer(Trainer):
+    """The fine-tuning Trainer with the DPO micro-step, reference pass, metrics and validation."""
+
+    def __init__(self, args, startup, rank, world, logger, model, feed, reference):
+        super().__init__(args, startup, rank, world, logger, model, feed)
+        import mindspore as ms
+        self.reference = reference
+        self.loss_cell = DPOLossCell(model.network, DPOLoss(args.dpo_beta, args.dpo_label_smoothing, args.pref_ftx,
+                                                            args.dpo_loss_type))
+        # the SFT step objects of Trainer are never compiled; these take their places
+        self.micro = DPOMicroStep(self.loss_cell, self.trainable, self.accum)
+        self.forward = DPOForward(self.loss_cell)
+        self.weight = ms.Tensor(1.0 / (self.ga * self.dp), ms.float32)
+        logger.print(f" > DPO: beta {args.dpo_beta}, loss {args.dpo_loss_type}, label smoothing "
+                     f"{args.dpo_label_smoothing}, pref_ftx {args.pref_ftx}; reference: {reference.kind}")
+
+    def _inputs(self, mb):
+        t = [self.ms.Tensor(mb[k]) for k in LOGP_KEYS]
+        return t, self.reference.logps(t)
+
+    def train_step(self, micro_batches: List[Dict]):
+        ms = self.ms
+        if len(micro_batches) != self.ga:
+            raise TrainingError(f"the data feed gave {len(micro_batches)} micro-batches, expected {self.ga}")
+        sums = np.zeros(6, np.float64)     # loss, tokens, 4 metrics (each already / (GA x DP))
+        for i, mb in enumerate(micro_batches):
+            t, ref = self._inputs(mb)
+            out = self.micro(ms.Tensor(i == 0), *t, ref, self.weight)
+            w = 1.0 / (self.ga * self.dp)
+            sums[0] += float(out[0].asnumpy())
+            sums[1] += float(np.asarray(mb["attention_mask"]).sum())
+            sums[2:] += [float(x.asnumpy()) * w for x in out[1:]]
+        lr = self.schedule.get_lr()
+        stats_sum, norm = self.opt_step(ms.Tensor(sums.astype(np.float32)), *self.optimizer.host_scalars(lr))
+        self.optimizer.step += 1
+        self.schedule.step(self.gbs)
+        self.iteration += 1
+        self.consumed += self.gbs
+        stats = stats_sum.asnumpy().astype(np.float64)
+        self.log.pending = dict(zip(METRICS, (float(x) for x in stats[2:])))
+        return float(stats[0]), float(norm.asnumpy()), lr, float(stats[1]) / self.gbs
+
+    def evaluate(self) -> Optional[float]:
+        total, steps = 0.0, 0
+        for micro_batches in self.feed.val_steps(self.args.eval_iters):
+            loss = 0.0
+            for mb in micro_batches:
+                t, ref = self._inputs(mb)
+                loss += float(self.forward(*t, ref, self.weight)[0].asnumpy())
+            if self.dp > 1:
+                loss = float(self.allreduce(self.ms.Tensor(loss, self.ms.float32)).asnumpy())
+            total += loss
+            steps += 1
+        return total / steps if steps else None
+
+
+def main(argv=None) -> int:
+    """posttrain_qwen2vl_dpo.py: returns the process exit code."""
+    from mindspeed_ms.peft.lora_model import LoRAConfigError
+    from mindspeed_ms.peft.lora_training import check_lora_args
+    rank, world = dist_env()
+    is_log_rank = rank == world - 1
+    try:
+        args = parse_args(argv, prog=PROG)
+        check_dpo_options(args.dpo_loss_type, args.dpo_label_smoothing, args.dpo_beta)
+        check_lora_args(args)
+        backend = detect_backend()
+        startup = validate_args(args, world_size=world, backend=backend)
+        ref_dir = resolve_reference(args)
+        feed = build_dpo_feed(args, startup, rank)
+    except (ArgumentError, TrainingError, LoRAConfigError, ValueError, OSError) as e:
+        if rank == 0:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    logger = DPOTrainLogger(args.train_iters, is_log_rank, args.tensorboard_dir)
+    for n in startup.notices:
+        logger.notice(n)
+    try:
+        from mindspeed_ms.peft.lora_training import attach_lora
+        from mindspeed_ms.training.build import build_model, init_runtime
+        init_runtime(args, backend, world, logger)
+        model = build_model(startup.model, args, backend)
+        lora = attach_lora(model, args, logger)     # LoRA: adapters on, base frozen and loaded here
+        reference = build_reference(args, startup, backend, ref_dir, model, lora)
+        trainer = DPOTrainer(args, startup, rank, world, logger, model, feed, reference)
+        if lora is not None:
+            lora.bind(trainer)
+        if args.load and (lora is None or lora.resume_from_load):
+            trainer.load()
+        trainer.train()
+    except TrainingError as e:
+        if rank == 0 or is_log_rank:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        logger.close()
+    return 0
