@@ -27,7 +27,7 @@ class TextSelfAttention(nn.Cell):
         qkv_out = (self.num_heads + 2 * self.num_kv) * self.head_dim
         self.linear_qkv = Linear(cfg.hidden_size, qkv_out, cfg.add_qkv_bias, cfg.init_method_std, dtype)
         self.linear_proj = Linear(self.num_heads * self.head_dim, cfg.hidden_size, False, cfg.init_method_std, dtype)
-        self.core_attention = CoreAttention(self.num_heads, self.num_kv, self.head_dim, backend)
+        self.core_attention = CoreAttention(self.num_heads, self.num_kv, self.head_dim, backend, causal=True)
 
     def construct(self, x, cos, sin, mask, past_k=None, past_v=None):
         b, s, _ = x.shape

@@ -75,10 +75,11 @@ class Qwen2VLForConditionalGeneration(nn.Cell):
 
     # ------------------------------------------------------------------ graph path
     def merge_vision(self, input_ids, pixel_values, vision_pos_ids, vision_segment_ids,
-                     vision_gather_index, vision_token_mask):
-        """Token embeddings with vision features placed at the image/video pad tokens."""
+                     vision_gather_index, vision_token_mask, vision_cu_seqlens=None):
+        """Token embeddings with vision features placed at the image/video pad tokens.
+        (`vision_cu_seqlens`: the flash backend's ViT block ends, see `inputs.vision_cu_seqlens`.)"""
         embeds = self.text_decoder.embedding(input_ids)
-        feats = self.image_encoder(pixel_values, vision_pos_ids, vision_segment_ids)
+        feats = self.image_encoder(pixel_values, vision_pos_ids, vision_segment_ids, vision_cu_seqlens)
         b, s = input_ids.shape
         gathered = ops.reshape(self.gather_features(feats, ops.reshape(vision_gather_index, (-1,)), 0),
                                (b, s, -1))
@@ -86,9 +87,10 @@ class Qwen2VLForConditionalGeneration(nn.Cell):
         return self.select(take, ops.cast(gathered, embeds.dtype), embeds)
 
     def construct(self, input_ids, attention_mask, position_ids, pixel_values, vision_pos_ids,
-                  vision_segment_ids, vision_gather_index, vision_token_mask, labels=None, loss_weights=None):
+                  vision_segment_ids, vision_gather_index, vision_token_mask, labels=None, loss_weights=None,
+                  vision_cu_seqlens=None):
         embeds = self.merge_vision(input_ids, pixel_values, vision_pos_ids, vision_segment_ids,
-                                   vision_gather_index, vision_token_mask)
+                                   vision_gather_index, vision_token_mask, vision_cu_seqlens)
         logits = self.text_decoder(embeds, position_ids, attention_mask)
         if labels is None:
             return logits

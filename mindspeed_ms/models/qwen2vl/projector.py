@@ -39,5 +39,5 @@ class ImageEncoder(nn.Cell):
         self.encoder = Qwen2VisionEncoder(vision_cfg, backend, dtype)
         self.projector = VisionProjector(projector_cfg, vision_cfg.spatial_merge_size, dtype)
 
-    def construct(self, pixel_values, vision_pos_ids, vision_segment_ids):
-        return self.projector(self.encoder(pixel_values, vision_pos_ids, vision_segment_ids))
+    def construct(self, pixel_values, vision_pos_ids, vision_segment_ids, vision_cu_seqlens=None):
+        return self.projector(self.encoder(pixel_values, vision_pos_ids, vision_segment_ids, vision_cu_seqlens))

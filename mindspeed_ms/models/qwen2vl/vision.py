@@ -54,6 +54,9 @@ class VisionSelfAttention(nn.Cell):
         q, k, v = qkv[:, :, :d], qkv[:, :, d:2 * d], qkv[:, :, 2 * d:]
         q = apply_rotary(q, cos, sin)
         k = apply_rotary(k, cos, sin)
+        if self.core_attention.backend == "flash":
+            # TND: [patches, heads, D] as is; `mask` carries the blocks' cumulative ends (cu_seqlens)
+            return self.linear_proj(self.core_attention.varlen(q, k, v, mask))
         # [N, heads, D] -> [1, heads, N, D]
         q, k, v = (ops.expand_dims(ops.transpose(t, (1, 0, 2)), 0) for t in (q, k, v))
         out = self.core_attention(q, k, v, mask)
@@ -112,10 +115,17 @@ class Qwen2VisionEncoder(nn.Cell):
         self.patch_embed = PatchEmbed(cfg, dtype)
         self.rotary = VisionRotary(cfg.kv_channels)
         self.blocks = VisionBlocks(cfg, backend, dtype)
+        self.flash = backend == "flash"
 
-    def construct(self, pixel_values, vision_pos_ids, vision_segment_ids):
+    def construct(self, pixel_values, vision_pos_ids, vision_segment_ids, vision_cu_seqlens=None):
+        """`vision_cu_seqlens` (flash backend only): the cumulative ends of the images / frames,
+        `inputs.vision_cu_seqlens`; the matmul backend builds the block mask from the segment ids."""
+        if self.flash and vision_cu_seqlens is None:
+            raise ValueError("the flash attention backend needs vision_cu_seqlens (the collator's "
+                             "vision_segments option builds it)")
         x = self.patch_embed(pixel_values)
         cos, sin = self.rotary(vision_pos_ids)
         cos = ops.expand_dims(cos, 1)
         sin = ops.expand_dims(sin, 1)
-        return self.blocks(x, cos, sin, segment_mask(vision_segment_ids))
+        mask = vision_cu_seqlens if self.flash else segment_mask(vision_segment_ids)
+        return self.blocks(x, cos, sin, mask)
