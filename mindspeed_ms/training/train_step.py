@@ -43,9 +43,10 @@ class LossCell(nn.Cell):
 
     def construct(self, input_ids, attention_mask, position_ids, pixel_values, vision_pos_ids, vision_segment_ids,
                   vision_gather_index, vision_token_mask, labels, loss_weights):
-        loss, _ = self.network(input_ids, attention_mask, position_ids, pixel_values, vision_pos_ids,
-                               vision_segment_ids, vision_gather_index, vision_token_mask, labels, loss_weights)
-        return loss
+        # train_loss: the same loss without materialising the logits (fused chunked output layer + CE)
+        return self.network.train_loss(input_ids, attention_mask, position_ids, pixel_values, vision_pos_ids,
+                                       vision_segment_ids, vision_gather_index, vision_token_mask, labels,
+                                       loss_weights)
 
 
 class MicroStep(nn.Cell):

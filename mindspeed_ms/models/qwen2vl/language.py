@@ -164,6 +164,23 @@ class TextDecoder(nn.Cell):
         layer.update_parameters_name(prefix + "output_layer.")
         self.output_copy = True
 
+    def output_weight(self):
+        """The [V, H] output weight for the fused chunked loss (models/layers/linear_cross_entropy.py):
+        the embedding table when tied without a copy, else `output_layer.weight`; None when the output
+        layer is not a plain Linear (e.g. wrapped by a LoRA adapter), which keeps the plain loss."""
+        if self.tied and not self.output_copy:
+            return self.embedding.word_embeddings.weight
+        if isinstance(self.output_layer, Linear):
+            return self.output_layer.weight
+        return None
+
+    def hidden_states(self, inputs_embeds, position_ids, attention_mask):
+        """Final-norm hidden states [B, S, H] (construct without the output layer)."""
+        cos, sin = self.rotary(position_ids)
+        mask = causal_padding_mask(attention_mask, inputs_embeds.shape[1])
+        hidden, _ = self.decoder(inputs_embeds, cos, sin, mask)
+        return hidden
+
     def logits(self, hidden):
         if self.tied and not self.output_copy:
             b, s, h = hidden.shape

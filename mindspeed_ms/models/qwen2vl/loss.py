@@ -29,19 +29,23 @@ class CausalLMLoss(nn.Cell):
         self.vocab_parallel = False
         self.vocab_ce = VocabParallelLogProb()
 
-    def token_nll(self, logits, labels):
-        """Per-position negative log-likelihood [B, S] and validity mask [B, S] (fp32)."""
+    def shifted_targets(self, labels):
+        """(target [B, S] int32 of the prediction at each position, 0 where ignored; valid [B, S] fp32)."""
         b, s = labels.shape
         ignore = ops.full((b, 1), IGNORE_INDEX, dtype=labels.dtype)
         shifted = ops.concat((labels[:, 1:], ignore), 1)
         valid = shifted != IGNORE_INDEX
         safe = ops.select(valid, shifted, ops.zeros_like(shifted))
+        return self.cast(safe, ms.int32), self.cast(valid, ms.float32)
+
+    def token_nll(self, logits, labels):
+        """Per-position negative log-likelihood [B, S] and validity mask [B, S] (fp32)."""
+        safe, validf = self.shifted_targets(labels)
         if self.vocab_parallel:
-            picked = self.vocab_ce(self.cast(logits, ms.float32), self.cast(safe, ms.int32))
+            picked = self.vocab_ce(self.cast(logits, ms.float32), safe)
         else:
             logp = self.log_softmax(self.cast(logits, ms.float32))
-            picked = self.gather(logp, 2, ops.expand_dims(self.cast(safe, ms.int32), -1)).squeeze(-1)
-        validf = self.cast(valid, ms.float32)
+            picked = self.gather(logp, 2, ops.expand_dims(safe, -1)).squeeze(-1)
         return -picked * validf, validf
 
     def construct(self, logits, labels, loss_weights=None):

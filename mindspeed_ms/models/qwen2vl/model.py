@@ -19,6 +19,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from mindspeed_ms.config.model_config import Qwen2VLConfig, config_from_hf
+from mindspeed_ms.models.layers.linear_cross_entropy import LinearCrossEntropy
 from mindspeed_ms.models.qwen2vl.inputs import build_vision_inputs, check_pixel_values
 from mindspeed_ms.models.qwen2vl.language import TextDecoder
 from mindspeed_ms.models.qwen2vl.loss import CausalLMLoss
@@ -70,6 +71,10 @@ class Qwen2VLForConditionalGeneration(nn.Cell):
         self.image_encoder = ImageEncoder(config.vision, config.projector, attention_backend, dtype)
         self.text_decoder = TextDecoder(config.text, attention_backend, dtype)
         self.loss_fn = CausalLMLoss()
+        # training loss (`train_loss`): output layer + cross entropy fused over token chunks, so the
+        # [tokens x vocab] logits and their gradient never exist whole; False = the plain path
+        self.chunked_loss = True
+        self.linear_cross_entropy = LinearCrossEntropy(num_chunks=4)
         self.gather_features = ops.Gather()
         self.select = ops.Select()
 
@@ -95,6 +100,29 @@ class Qwen2VLForConditionalGeneration(nn.Cell):
         if labels is None:
             return logits
         return self.loss_fn(logits, labels, loss_weights), logits
+
+    def train_loss(self, input_ids, attention_mask, position_ids, pixel_values, vision_pos_ids,
+                   vision_segment_ids, vision_gather_index, vision_token_mask, labels, loss_weights):
+        """The loss of `construct` (same value and gradients) without returning logits: what the
+        training step differentiates. With `chunked_loss` the output layer and the cross entropy run
+        fused over token chunks (needs B*S divisible by 4: the collator pads to multiples of 8)."""
+        weight = self.text_decoder.output_weight()
+        if not self.chunked_loss or weight is None:
+            loss, _ = self.construct(input_ids, attention_mask, position_ids, pixel_values, vision_pos_ids,
+                                     vision_segment_ids, vision_gather_index, vision_token_mask, labels, loss_weights)
+            return loss
+        embeds = self.merge_vision(input_ids, pixel_values, vision_pos_ids, vision_segment_ids,
+                                   vision_gather_index, vision_token_mask)
+        hidden = self.text_decoder.hidden_states(embeds, position_ids, attention_mask)
+        nll_targets, valid = self.loss_fn.shifted_targets(labels)
+        if loss_weights is None:
+            token_weights = valid / ops.maximum(valid.sum(), 1.0)
+        else:
+            token_weights = valid * ops.cast(loss_weights, ms.float32)
+        hidden = ops.reshape(hidden, (-1, hidden.shape[-1]))
+        loss, _, _, _ = self.linear_cross_entropy(hidden, weight, ops.reshape(nll_targets, (-1,)),
+                                                  ops.reshape(token_weights, (-1,)))
+        return loss
 
     # ------------------------------------------------------------------ generation (KV cache)
     def prefill(self, input_ids, attention_mask, position_ids, pixel_values, vision_pos_ids,
