@@ -107,7 +107,8 @@ class Qwen2VLForConditionalGeneration(nn.Cell):
         training step differentiates. With `chunked_loss` the output layer and the cross entropy run
         fused over token chunks (needs B*S divisible by 4: the collator pads to multiples of 8)."""
         weight = self.text_decoder.output_weight()
-        if not self.chunked_loss or weight is None:
+        # vocab-parallel logits (tp > 1, parallel.shard_plan) keep the plain, sharded loss
+        if not self.chunked_loss or weight is None or self.loss_fn.vocab_parallel:
             loss, _ = self.construct(input_ids, attention_mask, position_ids, pixel_values, vision_pos_ids,
                                      vision_segment_ids, vision_gather_index, vision_token_mask, labels, loss_weights)
             return loss
