@@ -28,6 +28,8 @@ from mindspeed_ms.config.param_shapes import PROJECTOR_PREFIX, TEXT_PREFIX, VISI
 from mindspeed_ms.parallel.config import ParallelConfig
 
 Strategy = Tuple[Tuple[int, ...], ...]
+# FlashAttentionScore's compressed causal mask (sparse_mode 3), as models/layers/attention.py builds it
+FLASH_CAUSAL_MASK_SIZE = 2048
 
 
 @dataclass
@@ -149,13 +151,20 @@ def build_shard_plan(model_cfg, cfg: ParallelConfig, backend: str = "CPU", bf16:
         add(ShardEntry(cell, "softmax", (scores5,), ((b, kv, rep, s, s),), "heads", stage))
         add(ShardEntry(cell, "bmm_pv", ((bsplit, hsplit, qsplit, 1), (bsplit, hsplit, 1, 1)),
                        ((b, kv, rep * s, s), (b, kv, s, d)), "heads", stage, contractions=((0, 3, 1, 2),)))
-        if plan.flash_attention:
-            # FlashAttentionScore, BNSD (q heads = kv * rep), boolean discard mask [mask_b, 1, s, s];
-            # a second split is taken on the query positions, k/v gathered over it
+        if plan.flash_attention and vit:
+            # the ViT's varlen FlashAttentionScore, TND [patches, heads, d] with the blocks' cumulative
+            # ends (actual_seq_qlen/kvlen, global over the step): heads split by tp, the patch axis
+            # whole (the dp ranks' patches are gathered into the one sequence the ends describe)
+            tnd = (1, hsplit, 1)
+            add(ShardEntry(cell, "flash_attention_tnd", (tnd, tnd, tnd), ((s, kv, d),) * 3, "heads", stage))
+        elif plan.flash_attention:
+            # causal FlashAttentionScore, BNSD (q heads = kv * rep), sparse_mode 3 with the compressed
+            # 2048x2048 mask (replicated); a second split is taken on the query positions, k/v gathered
             fq = (bsplit, hsplit, qsplit, 1)
             kvs = (bsplit, hsplit, 1, 1)
-            add(ShardEntry(cell, "flash_attention", (fq, kvs, kvs, (mb, 1, qsplit, 1)),
-                           ((b, kv * rep, s, d), (b, kv, s, d), (b, kv, s, d), (mask_b, 1, s, s)), "heads", stage))
+            n = FLASH_CAUSAL_MASK_SIZE
+            add(ShardEntry(cell, "flash_attention", (fq, kvs, kvs, (1, 1)),
+                           ((b, kv * rep, s, d), (b, kv, s, d), (b, kv, s, d), (n, n)), "heads", stage))
 
     def norm(cell, x_shape, x_split, stage, wname, layer_norm):
         """LayerNorm (`layer_norm`: x, gamma, beta) or RMSNorm (`mul_weight`: weight, x); the statistic
@@ -320,7 +329,7 @@ def apply_shard_plan(model, plan: ShardPlan):
         cell = cells.get(e.cell)
         prim = getattr(cell, e.prim, None) if cell is not None else None
         if prim is None or not hasattr(prim, "shard"):
-            if e.prim == "flash_attention" and cell is not None and getattr(cell, "backend", None) != "flash":
+            if e.prim.startswith("flash_attention") and cell is not None and getattr(cell, "backend", None) != "flash":
                 missing.append(f"{e.cell}: the plan uses flash attention but the model was built with the "
                                f"'{getattr(cell, 'backend', '?')}' attention backend")
             else:

@@ -83,14 +83,65 @@ def vision_token_layout(input_ids, image_grid_thw=None, video_grid_thw=None, spa
     return gather, token_mask
 
 
+def vision_cu_seqlens(segment_ids, num_segments=None, num_real_patches=None):
+    """Cumulative ends of the ViT's attention blocks, one per run of equal `vision_segment_ids`
+    (image frames, video frames, then the padding): flash attention's TND `actual_seq_qlen`, i.e.
+    HF's `cu_seqlens` without the leading 0; the last value is the patch count. Returns [K] int32.
+
+    `num_segments` fixes K (a compiled graph's input shape, the same on every dp rank): the padding
+    after `num_real_patches` is cut into extra blocks of one patch (padding attends only to padding
+    and feeds no token, so how it is cut changes nothing); too few padding patches is an error."""
+    ids = np.asarray(segment_ids).reshape(-1)
+    if ids.size == 0:
+        raise ValueError("vision_segment_ids is empty: a batch carries at least the dummy image's patches")
+    ends = np.concatenate([np.nonzero(ids[1:] != ids[:-1])[0] + 1, [ids.size]]).astype(np.int64)
+    if num_segments is None:
+        return ends.astype(np.int32)
+    extra = num_segments - len(ends)
+    if extra < 0:
+        raise ValueError(f"{len(ends)} vision attention blocks (image/video frames and padding) exceed "
+                         f"num_segments={num_segments}: raise the collator's vision_segments")
+    if extra:
+        real = ids.size if num_real_patches is None else int(num_real_patches)
+        pad = ids.size - real
+        if pad < extra + 1:
+            raise ValueError(f"{len(ends)} vision blocks need {extra} more to reach num_segments={num_segments}, "
+                             f"cut from the padding patches, but only {pad} padding patches follow the {real} real "
+                             f"ones: use a larger num_patches (patch bucket) or a smaller vision_segments")
+        ends = np.concatenate([ends[:-1], real + np.arange(1, extra + 1), [ids.size]])
+    return ends.astype(np.int32)
+
+
+def offset_vision_inputs(vis, dp_rank, spatial_merge_size=2):
+    """One dp rank's vision keys made global, for a step where the patches of all dp ranks form one
+    sequence (semi-auto parallel: the global tensors are the ranks' local ones concatenated, every
+    rank with the same N patches). Segment ids move to [r*N, (r+1)*N) (ids never exceed the patch
+    count, so ranks never share one), `vision_gather_index` points into the global merged features
+    (+ r*N/merge^2 where a token takes a feature) and `vision_cu_seqlens` ends move by r*N."""
+    n = int(np.asarray(vis["vision_segment_ids"]).shape[0])
+    if n % (spatial_merge_size ** 2):
+        raise ValueError(f"{n} patches is not a multiple of spatial_merge_size^2 = {spatial_merge_size ** 2}")
+    out = dict(vis)
+    out["vision_segment_ids"] = (np.asarray(vis["vision_segment_ids"]) + dp_rank * n).astype(np.int32)
+    takes = np.asarray(vis["vision_token_mask"]) > 0
+    gather = np.asarray(vis["vision_gather_index"])
+    out["vision_gather_index"] = np.where(takes, gather + dp_rank * (n // spatial_merge_size ** 2),
+                                          gather).astype(np.int32)
+    if "vision_cu_seqlens" in vis:
+        out["vision_cu_seqlens"] = (np.asarray(vis["vision_cu_seqlens"]) + dp_rank * n).astype(np.int32)
+    return out
+
+
 def build_vision_inputs(input_ids, image_grid_thw=None, video_grid_thw=None, num_patches=None,
-                        spatial_merge_size=2, image_token_id=IMAGE_TOKEN_ID, video_token_id=VIDEO_TOKEN_ID):
+                        spatial_merge_size=2, image_token_id=IMAGE_TOKEN_ID, video_token_id=VIDEO_TOKEN_ID,
+                        num_segments=None):
     """The vision keys of the batch contract from input_ids and grids.
 
     `num_patches` pads the patch axis (the collator's patch bucket; must keep the merge groups
     whole): padded patches get position (0, 0) and their own segment id, and no token gathers them.
     Returns a dict with vision_pos_ids [N, 2], vision_segment_ids [N], vision_gather_index [B, S],
-    vision_token_mask [B, S] (all int32).
+    vision_token_mask [B, S] (all int32), and with `num_segments` also vision_cu_seqlens
+    [num_segments] (the flash backend's block ends, `vision_cu_seqlens`).
     """
     grids = [g for g in (_as_grid(image_grid_thw, "image_grid_thw"), _as_grid(video_grid_thw, "video_grid_thw"))]
     pos = np.concatenate([vision_position_ids(g, spatial_merge_size) for g in grids], axis=0)
@@ -103,5 +154,8 @@ def build_vision_inputs(input_ids, image_grid_thw=None, video_grid_thw=None, num
     pos = np.concatenate([pos, np.zeros((num_patches - real, 2), dtype=np.int32)], axis=0)
     gather, token_mask = vision_token_layout(input_ids, grids[0], grids[1], spatial_merge_size,
                                              image_token_id, video_token_id)
-    return {"vision_pos_ids": pos, "vision_segment_ids": seg,
-            "vision_gather_index": gather, "vision_token_mask": token_mask}
+    out = {"vision_pos_ids": pos, "vision_segment_ids": seg,
+           "vision_gather_index": gather, "vision_token_mask": token_mask}
+    if num_segments is not None:
+        out["vision_cu_seqlens"] = vision_cu_seqlens(seg, num_segments, real)
+    return out
