@@ -11,7 +11,7 @@ ViT segment and are gathered by no token.
 import numpy as np
 
 from mindspeed_ms.data.template import IGNORE_INDEX
-from mindspeed_ms.models.qwen2vl.inputs import build_vision_inputs
+from mindspeed_ms.models.qwen2vl.inputs import build_vision_inputs, offset_vision_inputs
 from mindspeed_ms.models.qwen2vl.rope import get_rope_index
 from mindspeed_ms.training.loss_weights import make_loss_weights
 
@@ -57,7 +57,14 @@ class Qwen2VLCollator:
     """`collator(samples) -> batch` for SFT samples ({"input_ids", "labels", optional pixels})."""
 
     def __init__(self, seq_length, pad_token_id=PAD_TOKEN_ID, buckets=None, padding_side="right",
-                 ignore_pad_token_for_loss=True, pad_to_multiple_of=8, merge_size=2, patch_dim=PATCH_DIM):
+                 ignore_pad_token_for_loss=True, pad_to_multiple_of=8, merge_size=2, patch_dim=PATCH_DIM,
+                 num_patches=None, vision_segments=None, dp_rank=None):
+        """Ascend-path options (off by default, as on CPU):
+        - `num_patches`: a fixed patch-axis size instead of the patch buckets;
+        - `vision_segments`: also emit `vision_cu_seqlens` [vision_segments] for the flash ViT;
+        - `dp_rank`: this rank's vision keys made global (`inputs.offset_vision_inputs`) for semi-auto
+          parallel, where the patches of all dp ranks form one ViT sequence. Needs `num_patches` and
+          one length bucket, so every rank's local tensors have the same shape."""
         if pad_to_multiple_of % 8:
             raise ValueError(f"pad_to_multiple_of={pad_to_multiple_of}: must be a multiple of 8")
         if padding_side not in ("right", "left"):
@@ -67,6 +74,13 @@ class Qwen2VLCollator:
             raise ValueError(f"length buckets {self.buckets} must all be multiples of 8")
         self.pad_token_id, self.padding_side, self.merge_size, self.patch_dim = pad_token_id, padding_side, merge_size, patch_dim
         self.label_pad = IGNORE_INDEX if ignore_pad_token_for_loss else pad_token_id
+        if dp_rank is not None and (num_patches is None or len(self.buckets) != 1):
+            raise ValueError(f"dp_rank={dp_rank}: the dp ranks' vision inputs form one global sequence only if "
+                             f"every rank has the same shapes; give num_patches and a single length bucket "
+                             f"(buckets=[seq_length]), got num_patches={num_patches}, buckets={self.buckets}")
+        if num_patches is not None and num_patches % (merge_size ** 2):
+            raise ValueError(f"num_patches={num_patches} must be a multiple of merge_size^2={merge_size ** 2}")
+        self.num_patches, self.vision_segments, self.dp_rank = num_patches, vision_segments, dp_rank
 
     def _pad(self, seqs, length, value):
         out = np.full((len(seqs), length), value, dtype=np.int32)
@@ -93,11 +107,17 @@ class Qwen2VLCollator:
         img_pv, img_grid = cat("pixel_values", self.patch_dim), cat("image_grid_thw", 3).astype(np.int64)
         vid_pv, vid_grid = cat("pixel_values_videos", self.patch_dim), cat("video_grid_thw", 3).astype(np.int64)
         real = img_pv.shape[0] + vid_pv.shape[0]
-        N = patch_bucket(real)
+        N = patch_bucket(real) if self.num_patches is None else self.num_patches
+        if real > N:
+            raise ValueError(f"the batch has {real} image/video patches but the collator's num_patches is {N}: "
+                             f"raise num_patches or lower the images' max_pixels")
         pixel_values = np.zeros((N, self.patch_dim), dtype=np.float32)
         pixel_values[:img_pv.shape[0]] = img_pv
         pixel_values[img_pv.shape[0]:real] = vid_pv
-        vis = build_vision_inputs(input_ids, img_grid, vid_grid, num_patches=N, spatial_merge_size=self.merge_size)
+        vis = build_vision_inputs(input_ids, img_grid, vid_grid, num_patches=N, spatial_merge_size=self.merge_size,
+                                  num_segments=self.vision_segments)
+        if self.dp_rank is not None:
+            vis = offset_vision_inputs(vis, self.dp_rank, self.merge_size)
         position_ids, _ = get_rope_index(input_ids, img_grid, vid_grid, attention_mask, self.merge_size)
         return {
             "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
