@@ -41,12 +41,12 @@ NNODES=1
 NODE_RANK=0
 WORLD_SIZE=$(($NPUS_PER_NODE*$NNODES))
 
-MM_DATA="./examples/mindspore/qwen2vl/data_tiny.json"
+MM_DATA=${MM_DATA:-"./examples/mindspore/qwen2vl/data_tiny.json"}   # run_tiny_demo.sh points it at its run
 MM_MODEL="./examples/mindspore/qwen2vl/model_tiny.json"
 MM_TOOL="./mindspeed_mm/tools/tools.json"
 HF_PATH="./ckpt/hf_path/Qwen2-VL-tiny"
 LOAD_PATH="ckpt/mm_path/Qwen2-VL-tiny"
-DATA_DIR="./data/tiny_demo"
+DATA_DIR=${DATA_DIR:-"./data/tiny_demo"}           # the dataset MM_DATA names (built when absent)
 SAVE_PATH=${SAVE_PATH:-save_dir_tiny}
 TRAIN_ITERS=${TRAIN_ITERS:-40}
 
