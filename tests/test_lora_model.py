@@ -146,3 +146,15 @@ def test_gate_turns_every_adapter_off(tiny):
     np.testing.assert_array_equal(off, _logits(base, batch))
     assert np.abs(on - off).max() > 1e-3
     np.testing.assert_array_equal(_logits(lora_model, batch), on)     # back on after the block
+
+
+def test_adapter_dropout_is_active(tiny):
+    cfg, base, _, batch = tiny
+    lora_model, adapters = _lora_copy(cfg, base, targets=["linear_fc2"], dropout=0.5)
+    for n, p in adapters.params.items():
+        if "lora_B" in n:
+            p.set_data(Tensor(np.full(p.shape, 0.05, np.float32)))
+    a, b = _logits(lora_model, batch), _logits(lora_model, batch)
+    assert np.abs(a - b).max() > 1e-6                     # a new dropout mask each call
+    with adapters.disabled():
+        np.testing.assert_array_equal(_logits(lora_model, batch), _logits(base, batch))

@@ -52,6 +52,10 @@ class LoRALinear(nn.Cell):
         self.gate = gate
         self.use_dropout = dropout > 0
         self.dropout = nn.Dropout(p=dropout) if self.use_dropout else None
+        if self.use_dropout:
+            # Cells start in inference mode, where nn.Dropout is the identity; nothing in the loop
+            # switches modes, so the adapter's dropout is always on (validation passes included)
+            self.dropout.set_train(True)
         self.matmul_a = ops.MatMul(transpose_b=True)
         self.matmul_b = ops.MatMul(transpose_b=True)
         self.reshape = ops.Reshape()
