@@ -13,6 +13,8 @@ def detect_backend() -> str:
     forced = os.environ.get("MS_DEVICE_TARGET")
     if forced:
         return "Ascend" if forced.lower() == "ascend" else forced.upper()
+    if not (os.environ.get("ASCEND_HOME_PATH") or os.path.isdir("/usr/local/Ascend")):
+        return "CPU"           # no CANN toolkit: skip MindSpore's (noisy) Ascend probe
     try:
         import mindspore as ms
         if ms.hal.is_available("Ascend"):
