@@ -10,6 +10,11 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long end-to-end test (run with --runslow or RUN_SLOW=1)")
+    # MindSpore refuses set_device once any kernel has run in the process, and test modules call it
+    # (as the entry points do): pin the device before the first test so later calls are no-ops.
+    import mindspore as ms
+
+    ms.set_device("CPU")
 
 
 def pytest_collection_modifyitems(config, items):
