@@ -5,7 +5,8 @@ What changes (everything else, comments and layout included, is kept byte for by
   * launcher options, inline or in the variable the command expands (``DISTRIBUTED_ARGS="..."``):
     ``--nproc_per_node N`` -> ``--local_worker_num N``, ``--nnodes M`` -> ``--worker_num N*M``
     (``$WORLD_SIZE`` when the script defines it from those two variables), ``--node_rank``,
-    ``--master_addr``, ``--master_port`` kept, ``--log_dir msrun_log --bind_core=True`` added;
+    ``--master_addr``, ``--master_port`` kept, ``--log_dir msrun_log --join=True --bind_core=True``
+    added;
   * the entry script (``pretrain_vlm.py``, ``posttrain_qwen2vl_dpo.py``) mapped to the repository
     root, and ``--ai-framework mindspore`` added to its arguments;
   * relative ``examples/qwen2vl/`` paths -> ``examples/mindspore/qwen2vl/``.
@@ -40,8 +41,14 @@ _NNODES = ("nnodes",)
 _MSRUN_OPTIONS = {"local_worker_num", "worker_num", "node_rank", "master_addr", "master_port",
                   "log_dir", "join", "cluster_time_out", "bind_core", "sim_level", "rank_table_file"}
 # What msrun needs that torchrun did not have: logs per worker (MindSpeed-MM's msrun scripts use
-# this directory) and core binding (as the MindSpeed-MM msrun scripts do).
-_ADDED_LAUNCHER_OPTIONS = (("log_dir", "--log_dir msrun_log"), ("bind_core", "--bind_core=True"))
+# this directory); --join=True because torchrun blocks until training ends while msrun without it
+# returns as soon as the workers are spawned, so the script's `| tee logs/...` would hold only the
+# spawn lines and its STEP_TIME / throughput tail would run before the first iteration (a
+# deliberate addition to MindSpeed-MM's msrun line; our own example scripts do the same); core
+# binding as the MindSpeed-MM msrun scripts do (msrun skips it where it cannot bind, e.g. fewer
+# cores than workers, so it is harmless on CPU).
+_ADDED_LAUNCHER_OPTIONS = (("log_dir", "--log_dir msrun_log"), ("join", "--join=True"),
+                           ("bind_core", "--bind_core=True"))
 # MindSpeed-MM entry scripts and where they live in this repository (the root, as in MindSpeed-MM).
 ENTRY_SCRIPTS = {"pretrain_vlm.py": "pretrain_vlm.py",
                  "posttrain_qwen2vl_dpo.py": "posttrain_qwen2vl_dpo.py"}

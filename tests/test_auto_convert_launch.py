@@ -14,8 +14,6 @@ from auto_convert.launch import LaunchConversionError, convert_launch_script
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, "tests", "fixtures", "torch_scripts")
 NAMES = ["finetune_qwen2vl_2b.sh", "finetune_qwen2vl_7b.sh", "finetune_qwen2vl_72b.sh", "finetune_qwen2vl_72b_dpo.sh"]
-# The msrun launcher options of MindSpeed-MM's MindSpore scripts (mindspeed_mm_compat.md section 2).
-MSRUN_OPTIONS = ["--local_worker_num", "--worker_num", "--node_rank", "--master_addr", "--master_port"]
 
 
 def _run_recorded(script_path, workdir):
@@ -27,13 +25,17 @@ def _run_recorded(script_path, workdir):
         p = bindir / tool
         p.write_text(f"#!/bin/bash\necho {tool} > {record}\nprintf '%s\\n' \"$@\" >> {record}\n")
         p.chmod(p.stat().st_mode | stat.S_IEXEC)
-    # the 72B scripts find the node rank from this host's address in hostfile.txt
+    # the 72B scripts find the node rank from this host's address in the hostfile, which
+    # MindSpeed-MM keeps next to the script: examples/qwen2vl/ (torch) or examples/mindspore/qwen2vl/
     host = bindir / "hostname"
     host.write_text("#!/bin/bash\necho 127.0.0.1\n")
     host.chmod(host.stat().st_mode | stat.S_IEXEC)
-    (workdir / "hostfile.txt").write_text("127.0.0.1\n10.0.0.2\n")
+    for d in ("examples/qwen2vl", "examples/mindspore/qwen2vl"):
+        (workdir / d).mkdir(parents=True, exist_ok=True)
+        (workdir / d / "hostfile.txt").write_text("127.0.0.1\n10.0.0.2\n")
     env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    subprocess.run(["bash", str(script_path)], cwd=workdir, env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(["bash", str(script_path)], cwd=workdir, env=env, capture_output=True, text=True, timeout=60)
+    assert record.exists(), f"{script_path} never called torchrun/msrun:\n{r.stdout}\n{r.stderr}"
     lines = record.read_text().splitlines()
     return lines[0], lines[1:]
 
@@ -58,21 +60,25 @@ def test_converted_script_launches_like_the_mindspore_scripts(name, tmp_path):
     launcher, ms_argv = _run_recorded(out, tmp_path / "ms")
     assert launcher == "msrun"
 
-    # torchrun's topology, read back from what torchrun received
+    # torchrun's topology, read back from what torchrun received.  The msrun options are MindSpeed-MM's
+    # (mindspeed_mm_compat.md section 2) plus --join=True, so that msrun waits for the workers as
+    # torchrun does (see auto_convert/launch.py)
     t = dict(zip(torch_argv[0:10:2], torch_argv[1:10:2]))
     nproc, nnodes = int(t["--nproc_per_node"]), int(t["--nnodes"])
     expected_launch = ["--local_worker_num", str(nproc), "--worker_num", str(nproc * nnodes),
                        "--node_rank", t["--node_rank"], "--master_addr", t["--master_addr"],
-                       "--master_port", t["--master_port"], "--log_dir", "msrun_log", "--bind_core=True"]
-    assert ms_argv[:13] == expected_launch
+                       "--master_port", t["--master_port"], "--log_dir", "msrun_log", "--join=True",
+                       "--bind_core=True"]
+    n = len(expected_launch)
+    assert ms_argv[:n] == expected_launch
     entry = "posttrain_qwen2vl_dpo.py" if "dpo" in name else "pretrain_vlm.py"
-    assert torch_argv[10] == entry and ms_argv[13] == entry
+    assert torch_argv[10] == entry and ms_argv[n] == entry
     # program arguments: torch's, with --ai-framework mindspore before --distributed-backend and the
     # examples paths moved to examples/mindspore/qwen2vl/
     want = [a.replace("./examples/qwen2vl/", "./examples/mindspore/qwen2vl/") for a in torch_argv[11:]]
     k = want.index("--distributed-backend")
     want[k:k] = ["--ai-framework", "mindspore"]
-    assert ms_argv[14:] == want
+    assert ms_argv[n + 1:] == want
     assert ms_argv[-4:] == ["--ai-framework", "mindspore", "--distributed-backend", "nccl"]
     size = "72b" if "72b" in name else name.split("_")[-1][:-3]
     assert f"./examples/mindspore/qwen2vl/model_{size}.json" in ms_argv
@@ -91,7 +97,7 @@ def test_conversion_is_idempotent_and_keeps_the_rest(name):
     changed = [l for l in once.text.splitlines() if l not in text.splitlines()]
     assert all(("examples/mindspore/qwen2vl/" in l) or l.strip().rstrip("\\").strip() in (
         "--local_worker_num $NPUS_PER_NODE", "--worker_num $WORLD_SIZE", "--master_port $MASTER_PORT",
-        "--log_dir msrun_log", "--bind_core=True", "--ai-framework mindspore")
+        "--log_dir msrun_log", "--join=True", "--bind_core=True", "--ai-framework mindspore")
         or l.startswith("msrun $DISTRIBUTED_ARGS ") for l in changed), changed
 
 
@@ -102,7 +108,8 @@ def test_inline_options_and_equals_form():
     out = convert_launch_script(text).text
     assert out == ("#!/bin/bash\n"
                    "msrun --local_worker_num=4 --worker_num=8 --node_rank=$RANK --master_addr=$ADDR --master_port=29500 "
-                   "--log_dir msrun_log --bind_core=True pretrain_vlm.py --mm-data examples/mindspore/qwen2vl/data_2b.json "
+                   "--log_dir msrun_log --join=True --bind_core=True pretrain_vlm.py "
+                   "--mm-data examples/mindspore/qwen2vl/data_2b.json "
                    "--ai-framework mindspore 2>&1 | tee log.txt\n")
     assert convert_launch_script(out).text == out
 
@@ -113,7 +120,8 @@ def test_python_m_torch_distributed_and_computed_world_size():
     out = convert_launch_script(text).text
     # no WORLD_SIZE in the script: the product is computed where msrun is called
     assert out.splitlines()[2] == ("msrun --local_worker_num $N --worker_num $(($N*$M)) --log_dir msrun_log "
-                                   "--bind_core=True posttrain_qwen2vl_dpo.py --lr 1e-5 --ai-framework mindspore")
+                                   "--join=True --bind_core=True posttrain_qwen2vl_dpo.py --lr 1e-5 "
+                                   "--ai-framework mindspore")
 
 
 def test_lines_it_cannot_convert_are_reported_with_numbers(tmp_path):
@@ -181,6 +189,6 @@ def test_variable_shared_by_two_launch_lines_is_rewritten_once():
             "torchrun $D pretrain_vlm.py --a\n"
             "torchrun $D posttrain_qwen2vl_dpo.py --b\n")
     out = convert_launch_script(text).text
-    assert out == ('D="--local_worker_num 2 --worker_num 2 --log_dir msrun_log --bind_core=True"\n'
+    assert out == ('D="--local_worker_num 2 --worker_num 2 --log_dir msrun_log --join=True --bind_core=True"\n'
                    "msrun $D pretrain_vlm.py --a --ai-framework mindspore\n"
                    "msrun $D posttrain_qwen2vl_dpo.py --b --ai-framework mindspore\n")

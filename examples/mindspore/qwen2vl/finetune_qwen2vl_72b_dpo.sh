@@ -2,17 +2,26 @@
 # Qwen2-VL-72B DPO with LoRA on one node of 8 NPUs (TP 2, PP 4), as MindSpeed-MM's script.
 # Before running: convert the HF checkpoint with TP 2 / PP 4 (mm-convert hf_to_mm, llm_pp_layers
 # [17,21,22,20], vit_pp_layers [32,0,0,0]) and set model_72b.json's pipeline_num_layers to match.
-source /usr/local/Ascend/cann/set_env.sh
+# Run from the repository root: bash examples/mindspore/qwen2vl/finetune_qwen2vl_72b_dpo.sh
+
+if [ -f /usr/local/Ascend/cann/set_env.sh ]; then
+    # 根据实际情况修改 ascend-toolkit 路径 (adjust to your toolkit path)
+    source /usr/local/Ascend/cann/set_env.sh
+else
+    echo "notice: no Ascend toolkit (/usr/local/Ascend/cann/set_env.sh): skipping set_env.sh, running on CPU in fp32"
+fi
 export CUDA_DEVICE_MAX_CONNECTIONS=1
 export ASCEND_SLOG_PRINT_TO_STDOUT=0
 export ASCEND_GLOBAL_LOG_LEVEL=3
 export TASK_QUEUE_ENABLE=2
 export COMBINED_ENABLE=1
-export CPU_AFFINITY_CONF=1
+export CPU_AFFINITY_CONF=2
 export HCCL_CONNECT_TIMEOUT=1200
 export NPU_ASD_ENABLE=0
 export ASCEND_LAUNCH_BLOCKING=0
 export ACLNN_CACHE_LIMIT=100000
+export MULTI_STREAM_MEMORY_REUSE=2
+export PYTORCH_NPU_ALLOC_CONF="expandable_segments:True"
 
 NPUS_PER_NODE=8
 MASTER_ADDR=localhost
@@ -35,6 +44,9 @@ GRAD_ACC_STEP=64
 DP=$(($WORLD_SIZE/$TP/$PP/$CP))
 GBS=$(($MBS*$GRAD_ACC_STEP*$DP))
 
+# MindSpeed-MM's msrun options, plus --join=True: without it msrun returns as soon as the workers
+# are spawned, so the log below would hold no iteration. --bind_core=True is harmless on CPU (msrun
+# pins one core per worker, or skips binding when there are fewer cores than workers).
 DISTRIBUTED_ARGS="
     --local_worker_num $NPUS_PER_NODE \
     --worker_num $WORLD_SIZE \
@@ -42,6 +54,7 @@ DISTRIBUTED_ARGS="
     --master_addr $MASTER_ADDR \
     --master_port $MASTER_PORT \
     --log_dir msrun_log \
+    --join=True \
     --bind_core=True
 "
 
@@ -76,6 +89,7 @@ GPT_ARGS="
     --load $LOAD_PATH \
     --variable-seq-lengths \
     --use-distributed-optimizer \
+    --reuse-fp32-param \
     --use-flash-attn \
     --no-load-optim \
     --no-load-rng \
@@ -85,27 +99,30 @@ GPT_ARGS="
     --distributed-timeout-minutes 20 \
 "
 
-DPO_ARGS="
-    --dpo-beta 0.1 \
-    --dpo-loss-type sigmoid \
-    --dpo-label-smoothing 0.0 \
-    --pref-ftx 0.0 \
-    --ref-model $LOAD_PATH \
-    --lora-target-modules linear_qkv linear_proj linear_fc1 linear_fc2 \
-    --lora-r 8 \
-    --lora-alpha 16 \
-"
-
 MM_ARGS="
     --mm-data $MM_DATA \
     --mm-model $MM_MODEL \
     --mm-tool $MM_TOOL
 "
 
+# --ref-model $LOAD_PATH with LoRA: the reference is the base model (the adapters switched off)
+DPO_ARGS="
+    --dpo-beta 0.1 \
+    --dpo-loss-type sigmoid \
+    --dpo-label-smoothing 0.0 \
+    --pref-ftx 0.0 \
+    --ref-model $LOAD_PATH
+"
+
+# LoRA rank and alpha: the --lora-r / --lora-alpha defaults (8, 16)
+LORA_ARGS="
+    --lora-target-modules linear_qkv linear_proj linear_fc1 linear_fc2
+"
+
 OUTPUT_ARGS="
     --log-interval 1 \
-    --save-interval 5000 \
-    --eval-interval 5000 \
+    --save-interval 10000 \
+    --eval-interval 10000 \
     --eval-iters 5000 \
     --save $SAVE_PATH \
     --ckpt-format torch \
@@ -115,14 +132,29 @@ logfile=$(date +%Y%m%d)_$(date +%H%M%S)
 mkdir -p logs
 msrun $DISTRIBUTED_ARGS posttrain_qwen2vl_dpo.py \
     $GPT_ARGS \
-    $DPO_ARGS \
     $MM_ARGS \
+    $DPO_ARGS \
+    $LORA_ARGS \
     $OUTPUT_ARGS \
     --ai-framework mindspore \
     --distributed-backend nccl \
     2>&1 | tee logs/train_${logfile}.log
 chmod 440 logs/train_${logfile}.log
+if [ -d "$SAVE_PATH" ]; then
+    find $SAVE_PATH -type d -exec chmod 750 {} \;
+    find $SAVE_PATH -type f -exec chmod 640 {} \;
+fi
 STEP_TIME=`grep "elapsed time per iteration" logs/train_${logfile}.log | awk -F ':' '{print$5}' | awk -F '|' '{print$1}' | head -n 150 | tail -n 100 | awk '{sum+=$1} END {if (NR != 0) printf("%.1f",sum/NR)}'`
+if [ -z "$STEP_TIME" ]; then
+    echo "no iteration was logged (see the messages above and msrun_log/)" >&2
+    exit 1
+fi
 SAMPLES_PER_SECOND=`awk 'BEGIN{printf "%.3f\n", '${GBS}'*1000/'${STEP_TIME}'}'`
 echo "Elapsed Time Per iteration: $STEP_TIME"
 echo "Average Samples per Second: $SAMPLES_PER_SECOND"
+LOG_TOKENS_PER_SECOND=`grep "tokens per sample" logs/train_${logfile}.log`
+if [ "$LOG_TOKENS_PER_SECOND" ]; then
+    AVERAGE_TOKENS=`grep "tokens per sample" logs/train_${logfile}.log | awk -F 'tokens per sample:' '{print$2}' | awk -F '|' '{print$1}' | head -n 150 | tail -n 100 | awk '{sum+=$1} END {if (NR != 0) printf("%.1f",sum/NR)}'`
+    TOKENS_PER_SECOND=`awk 'BEGIN{printf "%.3f\n", '${SAMPLES_PER_SECOND}'*'${AVERAGE_TOKENS}'}'`
+    echo "Consumed Tokens per Second: $TOKENS_PER_SECOND"
+fi

@@ -7,10 +7,8 @@
 if [ -f /usr/local/Ascend/cann/set_env.sh ]; then
     # 根据实际情况修改 ascend-toolkit 路径 (adjust to your toolkit path)
     source /usr/local/Ascend/cann/set_env.sh
-    BIND_CORE="--bind_core=True"
 else
     echo "notice: no Ascend toolkit (/usr/local/Ascend/cann/set_env.sh): skipping set_env.sh, running on CPU in fp32"
-    BIND_CORE=""
 fi
 export CUDA_DEVICE_MAX_CONNECTIONS=1
 export ASCEND_SLOG_PRINT_TO_STDOUT=0
@@ -45,6 +43,9 @@ GRAD_ACC_STEP=96
 DP=$(($WORLD_SIZE/$TP/$PP/$CP))
 GBS=$(($MBS*$GRAD_ACC_STEP*$DP))
 
+# MindSpeed-MM's msrun options, plus --join=True: without it msrun returns as soon as the workers
+# are spawned, so the log below would hold no iteration. --bind_core=True is harmless on CPU (msrun
+# pins one core per worker, or skips binding when there are fewer cores than workers).
 DISTRIBUTED_ARGS="
     --local_worker_num $NPUS_PER_NODE \
     --worker_num $WORLD_SIZE \
@@ -53,7 +54,7 @@ DISTRIBUTED_ARGS="
     --master_port $MASTER_PORT \
     --log_dir msrun_log \
     --join=True \
-    $BIND_CORE
+    --bind_core=True
 "
 
 GPT_ARGS="
