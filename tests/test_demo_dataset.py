@@ -116,13 +116,17 @@ def test_answers_match_pixels(dataset):
                 assert answer == facts[which]["colour"]
             elif t == "multi_turn":
                 assert msgs[1]["content"] == facts[0]["colour"] and answer == facts[0]["shape"]
+            elif t == "quiz":
+                assert split == "train" and len(msgs) == 6
+                got = sorted(m["content"] for m in msgs[1::2])
+                assert got == sorted([facts[0]["colour"], facts[0]["shape"], facts[0]["side"]])
             else:
                 raise AssertionError(f"unexpected type {t}")
 
 
 def test_every_type_present_and_splits_disjoint(dataset):
-    for split in ("train", "val"):
-        assert set(_load(dataset, f"{split}_types.json")) == set(mdd.TYPES)
+    assert set(_load(dataset, "val_types.json")) == set(mdd.TYPES)
+    assert set(_load(dataset, "train_types.json")) == {t for t, _ in mdd.TRAIN_TYPE_WEIGHTS}
     train_imgs = {p for s in _load(dataset, "train.json") for p in s.get("images", [])}
     val_imgs = {p for s in _load(dataset, "val.json") for p in s.get("images", [])}
     assert not train_imgs & val_imgs
@@ -180,5 +184,5 @@ def test_llava_copy_through_the_converter(dataset):
 
 
 def test_too_small_split_is_an_error(tmp_path):
-    with pytest.raises(ValueError, match="--train and --val"):
+    with pytest.raises(ValueError, match="--train must be at least"):
         mdd.make_demo_dataset(str(tmp_path), n_train=3, n_val=30)

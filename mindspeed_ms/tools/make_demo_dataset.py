@@ -80,6 +80,19 @@ TYPE_WEIGHTS = (
     ("text", 0.06),
 )
 TYPES = tuple(t for t, _ in TYPE_WEIGHTS)
+# The training split also has "quiz" samples: one picture, three questions (colour, shape, side) in
+# random order. Several vision-dependent answers share one prompt, which is how a model this small
+# learns to look at the image within the demo's few hundred steps.
+TRAIN_TYPE_WEIGHTS = (
+    ("quiz", 0.40),
+    ("colour", 0.20),
+    ("shape", 0.06),
+    ("count", 0.08),
+    ("position", 0.06),
+    ("multi_image", 0.08),
+    ("multi_turn", 0.06),
+    ("text", 0.06),
+)
 
 
 def _background(rng, nrng, w, h):
@@ -197,20 +210,26 @@ def _question_sample(rng, qtype):
             ("<image>" + rng.choice(COLOUR_QUESTIONS), spec["colour"]),
             (rng.choice(SHAPE_QUESTIONS), spec["shape"]),
         ]
+    if qtype == "quiz":
+        spec = _random_spec(rng, side=rng.choice(("left", "right")))
+        turns = [(rng.choice(COLOUR_QUESTIONS), spec["colour"]), (rng.choice(SHAPE_QUESTIONS), spec["shape"]),
+                 (rng.choice(POSITION_QUESTIONS), spec["side"])]
+        rng.shuffle(turns)
+        return [spec], [("<image>" + turns[0][0], turns[0][1])] + turns[1:]
     if qtype == "text":
         word = rng.choice(TEXT_WORDS)
         return [], [(f"Repeat the word: {word}", word)]
     raise ValueError(f"unknown question type {qtype!r}; known: {', '.join(TYPES)}")
 
 
-def _split_types(rng, n):
+def _split_types(rng, n, weights=TYPE_WEIGHTS):
     """Exactly proportioned type list (largest remainder), shuffled: small splits keep every type."""
-    raw = [(t, w * n) for t, w in TYPE_WEIGHTS]
+    raw = [(t, w * n) for t, w in weights]
     counts = {t: int(x) for t, x in raw}
     rest = n - sum(counts.values())
     for t, x in sorted(raw, key=lambda tx: tx[1] - int(tx[1]), reverse=True)[:rest]:
         counts[t] += 1
-    types = [t for t, _ in TYPE_WEIGHTS for _ in range(counts[t])]
+    types = [t for t, _ in weights for _ in range(counts[t])]
     rng.shuffle(types)
     return types
 
@@ -224,7 +243,7 @@ def make_split(out_dir, split, n, seed, blank):
     img_dir = os.path.join(out_dir, "images")
     os.makedirs(img_dir, exist_ok=True)
     samples, all_specs = [], []
-    types = _split_types(rng, n)
+    types = _split_types(rng, n, TRAIN_TYPE_WEIGHTS if split == "train" else TYPE_WEIGHTS)
     for i, qtype in enumerate(types):
         specs, turns = _question_sample(rng, qtype)
         paths = []
@@ -292,8 +311,9 @@ def convert_llava_copy(out_dir):
 
 
 def make_demo_dataset(out_dir, seed=1234, n_train=1200, n_val=120, blank=False, convert_llava=True):
-    if n_train < len(TYPES) or n_val < len(TYPES):
-        raise ValueError(f"--train and --val must be at least {len(TYPES)} (one sample per question type)")
+    if n_train < len(TRAIN_TYPE_WEIGHTS) or n_val < len(TYPES):
+        raise ValueError(f"--train must be at least {len(TRAIN_TYPE_WEIGHTS)} and --val at least {len(TYPES)} "
+                         f"(one sample per question type)")
     os.makedirs(out_dir, exist_ok=True)
     for split, n in (("train", n_train), ("val", n_val)):
         samples, types, _ = make_split(out_dir, split, n, seed, blank)
@@ -302,6 +322,7 @@ def make_demo_dataset(out_dir, seed=1234, n_train=1200, n_val=120, blank=False, 
         if split == "train":
             _write_json(os.path.join(out_dir, "llava_instruct.json"), to_llava(samples))
     meta = {"seed": seed, "train": n_train, "val": n_val, "blank": blank, "types": list(TYPES),
+            "train_types": [t for t, _ in TRAIN_TYPE_WEIGHTS],
             "palette": {k: list(v) for k, v in PALETTE.items()}, "shapes": list(SHAPES),
             "image_side_range": [MIN_SIDE, MAX_SIDE]}
     _write_json(os.path.join(out_dir, "meta.json"), meta)
