@@ -46,15 +46,15 @@ def adapter_pairs(lora_sd) -> Dict[str, Tuple[str, str]]:
 
 
 def lora_delta(a: np.ndarray, b: np.ndarray, scaling: float) -> np.ndarray:
-    """(alpha / r) * B @ A in fp32."""
-    return (b.astype(np.float32) @ a.astype(np.float32)) * np.float32(scaling)
+    """(alpha / r) * B @ A in float64 (the merged weight is rounded once, to the base dtype)."""
+    return (b.astype(np.float64) @ a.astype(np.float64)) * float(scaling)
 
 
 def merged_weight(w: np.ndarray, a: np.ndarray, b: np.ndarray, scaling: float, name: str = "") -> np.ndarray:
     if w.shape != (b.shape[0], a.shape[1]) or a.shape[0] != b.shape[1]:
         raise LoRAMergeError(f"{name}: base weight {w.shape} does not fit the adapter (A {a.shape}, B {b.shape}); "
                              f"the LoRA checkpoint was trained on another model or split differently")
-    out = w.astype(np.float32) + lora_delta(a, b, scaling)
+    out = w.astype(np.float64) + lora_delta(a, b, scaling)
     return out.astype(w.dtype)
 
 

@@ -107,8 +107,10 @@ GPT_ARGS="
     --swiglu \
     --use-fused-swiglu \
     --no-masked-softmax-fusion \
-    --lr 5.0e-3 \
-    --lr-decay-style constant \
+    --lr 1.0e-2 \
+    --lr-decay-style cosine \
+    --min-lr 1.0e-3 \
+    --lr-warmup-fraction 0.1 \
     --weight-decay 0 \
     --train-iters ${TRAIN_ITERS} \
     --clip-grad 1.0 \
@@ -127,7 +129,7 @@ GPT_ARGS="
 "
 
 DPO_ARGS="
-    --dpo-beta 0.1 \
+    --dpo-beta 0.5 \
     --dpo-loss-type sigmoid \
     --dpo-label-smoothing 0.0 \
     --pref-ftx 0.0 \
