@@ -69,7 +69,9 @@ class LinearCrossEntropy(nn.Cell):
         loss, nll, gh, gw = self._chunk(xs[0], wt, ts[0], ws[0])
         nlls, ghs = (nll,), (gh,)
         for i in range(1, n):
-            part_loss, nll, gh, part_w = self._chunk(xs[i], wt, ts[i], ws[i])
+            # chunk i starts only after chunk i-1 is folded into grad_weight: without this order the
+            # executor may run every chunk's matmul first and hold all [m x V] buffers at once
+            part_loss, nll, gh, part_w = self._chunk(ops.depend(xs[i], gw), wt, ts[i], ws[i])
             loss = loss + part_loss
             nlls = nlls + (nll,)
             ghs = ghs + (gh,)
