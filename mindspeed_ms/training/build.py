@@ -6,13 +6,15 @@ import mindspore as ms
 from mindspeed_ms.training.rng_state import seed_everything
 
 
-def init_runtime(args, backend: str, world: int, logger):
-    """GRAPH mode on the detected device; under msrun, communication init and data parallel."""
+def init_runtime(args, backend: str, world: int, logger, data_parallel: bool = True):
+    """GRAPH mode on the detected device; under msrun, communication init and data parallel
+    (`data_parallel=False`: the sharded path, whose step carries its own AutoParallel settings)."""
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device(backend)
     if world > 1:
         from mindspore.communication import init
         init()
+    if world > 1 and data_parallel:
         ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=False,
                                      device_num=world)
         logger.print(f" > data parallel over {world} msrun workers (gradients summed by AllReduce; the loss "
@@ -31,8 +33,10 @@ def build_model(model_cfg, args, backend: str):
     return LossCell(Qwen2VLForConditionalGeneration(model_cfg, attention_backend=attention, dtype=dtype))
 
 
-def build_feed(args, startup, rank: int):
+def build_feed(args, startup, rank: int, collator_options=None):
     """Datasets of --mm-data (preprocessed, cached), the qwen2vl collator, and this rank's feed.
+    `rank` is the data-parallel index; `collator_options(train_dataset, data_cfg) -> dict` adds the
+    collator's keyword arguments (the sharded path's fixed shapes, `training.sharded_trainer`).
 
     Sample order: `shuffle` of dataloader_param (SequentialSampler never shuffles), seeded by --seed;
     the Megatron micro-batch partition of `DataFeed` (see its docstring) is used for every
@@ -48,7 +52,7 @@ def build_feed(args, startup, rank: int):
         raise ValueError(f"--mm-data {args.mm_data}: collate_param.model_name {dl.collate_param.model_name!r} is "
                          f"for preference training; use posttrain_qwen2vl_dpo.py with it")
     train, val = build_datasets(cfg, args.seq_length, seed=args.seed)
-    collator = build_collator(cfg, args.seq_length)
+    collator = build_collator(cfg, args.seq_length, **(collator_options(train, cfg) if collator_options else {}))
     shuffle = dl.shuffle and dl.sampler_type != "SequentialSampler"
     common = dict(micro_batch_size=args.micro_batch_size, dp_size=args.data_parallel_size, dp_rank=rank,
                   grad_acc_steps=args.grad_acc_steps)

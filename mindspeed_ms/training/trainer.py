@@ -72,9 +72,6 @@ class Trainer:
         import mindspore as ms
         from mindspore import ParameterTuple
 
-        from mindspeed_ms.training.optimizer import AdamW
-        from mindspeed_ms.training.train_step import ForwardOnly, MicroStep, OptimizerStep, make_accumulators
-
         self.args, self.startup, self.rank, self.world, self.log = args, startup, rank, world, logger
         self.dp, self.ga, self.gbs = args.data_parallel_size, args.grad_acc_steps, args.global_batch_size
         self.model, self.feed = model, feed
@@ -95,11 +92,7 @@ class Trainer:
         n_all = sum(int(np.prod(p.shape)) for p in self.named_params.values())
         logger.print(f" > parameters: {n_all:,} total, {n_train:,} trainable"
                      + (f" (frozen: {', '.join(p.rstrip('.') for p in frozen)})" if frozen else ""))
-        self.accum = make_accumulators(self.trainable)
-        self.optimizer = AdamW(self.trainable, args.adam_beta1, args.adam_beta2, args.adam_eps, args.weight_decay)
-        self.micro = MicroStep(model, self.trainable, self.accum)
-        self.opt_step = OptimizerStep(self.accum, self.optimizer, args.clip_grad, self.dp)
-        self.forward = ForwardOnly(model)
+        self._build_steps()
         self.schedule = LRSchedule.from_args(args)
         # CPU: one graph with dynamic batch/sequence/patch dimensions (compiles once; measured ~20 s for
         # the tiny model instead of ~35 s per bucket). Ascend: one static graph per collator bucket,
@@ -112,6 +105,17 @@ class Trainer:
         if self.dp > 1:
             from mindspeed_ms.training.train_step import AllReduceSum
             self.allreduce = AllReduceSum()
+
+    def _build_steps(self):
+        """Optimizer and compiled step Cells (the sharded Ascend trainer builds its own)."""
+        from mindspeed_ms.training.optimizer import AdamW
+        from mindspeed_ms.training.train_step import ForwardOnly, MicroStep, OptimizerStep, make_accumulators
+        args = self.args
+        self.accum = make_accumulators(self.trainable)
+        self.optimizer = AdamW(self.trainable, args.adam_beta1, args.adam_beta2, args.adam_eps, args.weight_decay)
+        self.micro = MicroStep(self.model, self.trainable, self.accum)
+        self.opt_step = OptimizerStep(self.accum, self.optimizer, args.clip_grad, self.dp)
+        self.forward = ForwardOnly(self.model)
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def load(self):
@@ -284,8 +288,16 @@ def main(argv=None) -> int:
         args = parse_args(argv)
         backend = detect_backend()
         startup = validate_args(args, world_size=world, backend=backend)
-        from mindspeed_ms.training.build import build_feed
-        feed = build_feed(args, startup, rank)
+        from mindspeed_ms.parallel.train_setup import uses_sharded_path
+        # Ascend with TP/PP/CP (or the distributed optimizer): the semi-auto-parallel step of
+        # training.sharded_trainer; on CPU validate_args has already stopped such layouts
+        sharded = uses_sharded_path(startup.parallel, backend)
+        if sharded:
+            from mindspeed_ms.training.sharded_trainer import build_sharded_feed
+            feed = build_sharded_feed(args, startup, rank, backend)
+        else:
+            from mindspeed_ms.training.build import build_feed
+            feed = build_feed(args, startup, rank)
     except (ArgumentError, TrainingError, ValueError, OSError) as e:
         if rank == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)
@@ -295,11 +307,15 @@ def main(argv=None) -> int:
         logger.notice(n)
     try:
         from mindspeed_ms.training.build import build_model, init_runtime
-        init_runtime(args, backend, world, logger)
+        init_runtime(args, backend, world, logger, data_parallel=not sharded)
         model = build_model(startup.model, args, backend)
         from mindspeed_ms.peft.lora_training import attach_lora
         lora = attach_lora(model, args, logger)     # --lora-target-modules: adapters on, base frozen + loaded
-        trainer = Trainer(args, startup, rank, world, logger, model, feed)
+        if sharded:
+            from mindspeed_ms.training.sharded_trainer import ShardedTrainer
+            trainer = ShardedTrainer(args, startup, rank, world, logger, model, feed, backend)
+        else:
+            trainer = Trainer(args, startup, rank, world, logger, model, feed)
         if lora is not None:
             lora.bind(trainer)
         if args.load and (lora is None or lora.resume_from_load):

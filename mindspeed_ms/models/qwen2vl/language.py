@@ -157,7 +157,8 @@ class TextDecoder(nn.Cell):
             return
         table = self.embedding.word_embeddings.weight
         layer = Linear(self.hidden_size, self.vocab_size, False, self.init_method_std, table.dtype)
-        layer.weight.set_data(table.value().copy())
+        # a host copy: Parameter.value() runs an Identity kernel, which CPU lacks for bf16 (dry runs)
+        layer.weight.set_data(ms.Tensor(table.asnumpy()))
         self.output_layer = layer
         # a Cell attached after construction is named from here down only: give it the full path
         prefix = table.name[:-len("embedding.word_embeddings.weight")]

@@ -102,18 +102,21 @@ class Qwen2VLForConditionalGeneration(nn.Cell):
         return self.loss_fn(logits, labels, loss_weights), logits
 
     def train_loss(self, input_ids, attention_mask, position_ids, pixel_values, vision_pos_ids,
-                   vision_segment_ids, vision_gather_index, vision_token_mask, labels, loss_weights):
+                   vision_segment_ids, vision_gather_index, vision_token_mask, labels, loss_weights,
+                   vision_cu_seqlens=None):
         """The loss of `construct` (same value and gradients) without returning logits: what the
         training step differentiates. With `chunked_loss` the output layer and the cross entropy run
-        fused over token chunks (needs B*S divisible by 4: the collator pads to multiples of 8)."""
+        fused over token chunks (needs B*S divisible by 4: the collator pads to multiples of 8).
+        `vision_cu_seqlens`: the flash ViT's block ends (the sharded Ascend step passes them)."""
         weight = self.text_decoder.output_weight()
         # vocab-parallel logits (tp > 1, parallel.shard_plan) keep the plain, sharded loss
         if not self.chunked_loss or weight is None or self.loss_fn.vocab_parallel:
             loss, _ = self.construct(input_ids, attention_mask, position_ids, pixel_values, vision_pos_ids,
-                                     vision_segment_ids, vision_gather_index, vision_token_mask, labels, loss_weights)
+                                     vision_segment_ids, vision_gather_index, vision_token_mask, labels, loss_weights,
+                                     vision_cu_seqlens)
             return loss
         embeds = self.merge_vision(input_ids, pixel_values, vision_pos_ids, vision_segment_ids,
-                                   vision_gather_index, vision_token_mask)
+                                   vision_gather_index, vision_token_mask, vision_cu_seqlens)
         hidden = self.text_decoder.hidden_states(embeds, position_ids, attention_mask)
         nll_targets, valid = self.loss_fn.shifted_targets(labels)
         if loss_weights is None:
