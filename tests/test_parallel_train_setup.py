@@ -210,7 +210,8 @@ def test_fixed_vision_shapes_fit_every_micro_batch():
     assert len(vision_cu_seqlens(seg, k, 104)) == k
 
 
-@pytest.mark.parametrize("name", ["tp2_pp2_flash", "tp1_pp4_vpp2", "sp_distopt"])
+@pytest.mark.parametrize("name", ["tp2_pp2_flash", pytest.param("tp1_pp4_vpp2", marks=pytest.mark.slow),
+                                  pytest.param("sp_distopt", marks=pytest.mark.slow)])
 def test_rank_checkpoints_are_the_plan_slices_and_mm_convert_split(work, built, name):
     """Write every writer rank's file as the sharded save does, then: (1) each file holds exactly the
     slice the plan gives that rank (its in-memory layout, GLU order included) and equals
