@@ -15,6 +15,9 @@ def pytest_configure(config):
     import mindspore as ms
 
     ms.set_device("CPU")
+    # Synchronous PYNATIVE is many times faster for the small eager ops of the tests on CPU, and
+    # must also be set before the first kernel.
+    ms.set_context(pynative_synchronize=True)
 
 
 def pytest_collection_modifyitems(config, items):
