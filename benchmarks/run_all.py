@@ -24,7 +24,7 @@ ROOT = os.path.dirname(HERE)
 BENCHMARKS = {
     "train_tiny": (["train_throughput.py", "--config", "tiny"], "Training step, tiny config: ours vs HF + torch"),
     "train_small": (["train_throughput.py", "--config", "small"], "Training step, small config: ours vs HF + torch"),
-    "train_memory_seq1024": (["train_throughput.py", "--seq-length", "1024", "--rounds", "1", "--steps", "2"],
+    "train_memory_seq1024": (["train_throughput.py", "--seq-length", "1024", "--rounds", "1", "--steps", "1", "--warmup", "1"],
                              "Peak memory at --seq-length 1024 (small config): chunked loss on vs off"),
     "preprocess": (["preprocess_throughput.py"], "Image preprocessing: ours vs HF Qwen2VLImageProcessor"),
     "convert_7b": (["convert_7b.py"], "mm-convert on Qwen2-VL-7B shapes"),
@@ -68,9 +68,10 @@ def load_average():
         return "?"
 
 
-def run_one(name, smoke):
+def run_one(name, smoke, train_args=()):
     args, title = BENCHMARKS[name]
-    cmd = [sys.executable, os.path.join(HERE, args[0])] + args[1:] + (["--smoke"] if smoke else [])
+    extra = list(train_args) if name in ("train_tiny", "train_small") else []
+    cmd = [sys.executable, os.path.join(HERE, args[0])] + args[1:] + extra + (["--smoke"] if smoke else [])
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), GLOG_v="3")
     load = load_average()
     t0 = time.time()
@@ -109,9 +110,12 @@ def main(argv=None):
     p.add_argument("--smoke", action="store_true", help="run each benchmark's --smoke")
     p.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="a subset (default: all)")
     p.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"), help="report path")
+    p.add_argument("--rounds", type=int, help="train_tiny/train_small: A B alternations (default: theirs, 3)")
+    p.add_argument("--steps", type=int, help="train_tiny/train_small: timed steps per run (default 4)")
     a = p.parse_args(argv)
     names = a.only or list(BENCHMARKS)
-    results = [run_one(n, a.smoke) for n in names]
+    train_args = (["--rounds", str(a.rounds)] if a.rounds else []) + (["--steps", str(a.steps)] if a.steps else [])
+    results = [run_one(n, a.smoke, train_args) for n in names]
     with open(a.out, "w", encoding="utf-8") as f:
         f.write(report(results, a.smoke))
     print(f"wrote {a.out}")

@@ -25,7 +25,7 @@ Configs (`--config`):
          real vocab; batch 2 x (two 224x224 images = 2 x 64 tokens + 512 text tokens) = 2 x 640 tokens.
 Half of each sample's text tokens (the answer) carry labels.
 
-`--seq-length N` (memory mode): the small config with the text grown so each sample is N tokens;
+`--seq-length N` (memory mode): the small config, one sample of N tokens (two 224x224 images + text);
 runs ours with the chunked output-layer + cross-entropy (the default) and with the plain full-logits
 loss, alternated, and reports peak RSS of each and the reduction.
 """
@@ -69,8 +69,9 @@ def batch_spec(config, seq_length=None):
     """(samples, images per sample, image side in pixels, text tokens per sample)."""
     if config == "tiny":
         return 2, 1, 112, 48
-    text = 512 if seq_length is None else seq_length - 2 * 64
-    return 2, 2, 224, text
+    if seq_length is None:
+        return 2, 2, 224, 512
+    return 1, 2, 224, seq_length - 2 * 64       # memory mode: one sample of seq_length tokens
 
 
 def make_batch(config, seq_length=None, seed=0):
