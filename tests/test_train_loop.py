@@ -129,13 +129,13 @@ KILL_SCRIPT = textwrap.dedent("""
     import mindspeed_ms.checkpoint.mm_io as mm_io
     from mindspeed_ms.training.checkpointing import save_checkpoint
     model = {{"text_decoder.decoder.final_layernorm.weight": np.full(8, 2.0, np.float32)}}
-    real = mm_io._write_rank_file
+    real = mm_io.write_rank_payload
     def half_then_die(path, *a, **k):
         with open(path, "wb") as f:
             f.write(b"PK\\x03\\x04 half a checkpoint")
             f.flush()
         os.kill(os.getpid(), signal.SIGKILL)
-    mm_io._write_rank_file = half_then_die
+    mm_io.write_rank_payload = half_then_die
     save_checkpoint({save!r}, 10, model, "torch", optimizer={{"step": 10, "exp_avg": {{}}, "exp_avg_sq": {{}}}})
 """)
 

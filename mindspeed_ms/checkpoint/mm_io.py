@@ -121,7 +121,7 @@ def _unflatten_extra(obj, f):
     return obj
 
 
-def _write_rank_file(path, fmt, model_part, extra, vpp):
+def write_rank_payload(path, fmt, model_part, extra, vpp):
     if fmt == "safetensors":
         tensors = {}
         for key, sd in model_part.items():
@@ -178,7 +178,7 @@ def write_mm_checkpoint(root, tag, mm_sd, layout: ParallelLayout, fmt="pt", extr
                     extra = (extra_per_rank or {}).get((tp_rank, pp_rank))
                 d = os.path.join(tmp, rank_dir_name(tp_rank, pp_rank, layout.pp))
                 os.makedirs(d)
-                _write_rank_file(os.path.join(d, FORMATS[fmt]), fmt, part, extra, layout.vpp)
+                write_rank_payload(os.path.join(d, FORMATS[fmt]), fmt, part, extra, layout.vpp)
                 del part
                 if bar:
                     bar.update(1)

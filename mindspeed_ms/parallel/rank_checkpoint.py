@@ -24,7 +24,7 @@ import numpy as np
 
 from mindspeed_ms.checkpoint.layout import (FORMATS, LayoutDirError, latest_tag, parse_rank_dir, rank_dir_name,
                                             tag_dir_name, write_latest)
-from mindspeed_ms.checkpoint.mm_io import MMCheckpointReader, _write_rank_file, split_for_rank
+from mindspeed_ms.checkpoint.mm_io import MMCheckpointReader, split_for_rank, write_rank_payload
 from mindspeed_ms.checkpoint.names import MM_EMBED, MM_OUTPUT
 from mindspeed_ms.checkpoint.pp_split import ParallelLayout
 from mindspeed_ms.checkpoint.tp_split import merge_tp
@@ -76,7 +76,7 @@ def write_rank_file(root: str, iteration: int, plan: ShardPlan, tp_rank: int, pp
         shutil.rmtree(d)
     os.makedirs(d)
     kind = "safetensors" if fmt == "safetensors" else "pt"
-    _write_rank_file(os.path.join(d, FORMATS[kind]), kind, rank_parts(mm_stage, plan, tp_rank, pp_rank), extra,
+    write_rank_payload(os.path.join(d, FORMATS[kind]), kind, rank_parts(mm_stage, plan, tp_rank, pp_rank), extra,
                      layout.vpp)
     return d
 
