@@ -45,6 +45,14 @@ _STORAGE_DTYPES = {
 }
 _DTYPE_STORAGE = {v: k for k, v in _STORAGE_DTYPES.items() if k != "UntypedStorage"}
 
+
+def standard_bf16(a: np.ndarray) -> np.ndarray:
+    """MindSpore's `Tensor.asnumpy()` gives bf16 arrays a numpy dtype of its own (same bits, not
+    `ml_dtypes.bfloat16`); view them as the standard one so every writer knows the dtype."""
+    if a.dtype.name == "bfloat16" and a.dtype != _STORAGE_DTYPES["BFloat16Storage"]:
+        return a.view(ml_dtypes.bfloat16)
+    return a
+
 # torch dtype objects (torch.float32 ...) that appear as plain values, e.g. in optimizer state.
 _TORCH_DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8",
                  "bool", "complex64", "complex128", "float", "double", "half", "long", "int")
@@ -394,6 +402,7 @@ class _PickleWriter:
                 self.register_roots(v)
 
     def tensor(self, a, path):
+        a = standard_bf16(a)
         dt = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
         if dt not in _DTYPE_STORAGE:
             raise TypeError(f"{self.where}: array at '{path}' has dtype {a.dtype}, which torch cannot store")

@@ -17,7 +17,7 @@ def pytest_configure(config):
     ms.set_device("CPU")
     # Synchronous PYNATIVE is many times faster for the small eager ops of the tests on CPU, and
     # must also be set before the first kernel.
-    ms.set_context(pynative_synchronize=True)
+    ms.runtime.launch_blocking()
 
 
 def pytest_collection_modifyitems(config, items):

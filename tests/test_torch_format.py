@@ -187,3 +187,23 @@ def test_bad_files(tmp_path):
         tf.load(tmp_path / "legacy.pt")
     with pytest.raises(TypeError, match="object at 'x'"):
         tf.save({"x": object()}, tmp_path / "o.pt")
+
+
+def test_mindspore_bf16_arrays_are_written_as_bf16(tmp_path):
+    """MindSpore's asnumpy() bf16 dtype is not ml_dtypes' (same bits): both writers accept it."""
+    import ml_dtypes
+    import mindspore as ms
+
+    from mindspeed_ms.checkpoint.safetensors_io import read_safetensors, save_safetensors
+
+    values = np.array([1.5, -2.25, 3.0e-3], np.float32)
+    ms_bf16 = ms.Tensor(values, ms.bfloat16).asnumpy()
+    assert ms_bf16.dtype != np.dtype(ml_dtypes.bfloat16)
+    tf.save({"w": ms_bf16}, str(tmp_path / "a.pt"))
+    back = torch.load(str(tmp_path / "a.pt"), weights_only=True)["w"]
+    assert back.dtype == torch.bfloat16
+    np.testing.assert_array_equal(back.float().numpy(), values.astype(ml_dtypes.bfloat16).astype(np.float32))
+    save_safetensors({"w": ms_bf16}, str(tmp_path / "a.safetensors"))
+    got = read_safetensors(str(tmp_path / "a.safetensors"))["w"]
+    assert got.dtype == np.dtype(ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(got.astype(np.float32), values.astype(ml_dtypes.bfloat16).astype(np.float32))

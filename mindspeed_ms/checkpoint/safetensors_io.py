@@ -42,6 +42,8 @@ class SafetensorsError(ValueError):
 
 def dtype_tag(dtype) -> str:
     dt = np.dtype(dtype)
+    if dt.name == "bfloat16":  # MindSpore's asnumpy() bf16 dtype has the same bits as ml_dtypes'
+        dt = np.dtype(ml_dtypes.bfloat16)
     if dt.byteorder == ">":
         dt = dt.newbyteorder("<")
     if dt not in _TAGS:
