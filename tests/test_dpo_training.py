@@ -52,6 +52,8 @@ def make_dpo_trainer(tmp_path, flags, lora_targets=None):
     init_runtime(args, "CPU", 1, log)
     policy = build_model(st.model, args, "CPU")
     chosen, rejected = pairs(4, seed=11)
+    chosen[2]["input_ids"] = np.concatenate([chosen[2]["input_ids"][:1], np.full(9, 17), chosen[2]["input_ids"][1:]])
+    chosen[2]["labels"] = np.concatenate([np.full(9, -100), chosen[2]["labels"]])   # a longer second micro-batch
     feed = DataFeed(len(chosen), lambda idx: pair_batch(policy, chosen, rejected, idx), args.micro_batch_size, 1,
                     0, args.grad_acc_steps, args.seed, shuffle=False)
     lora = None
@@ -114,6 +116,7 @@ def test_dpo_step_matches_formula_learns_and_keeps_reference(tmp_path, lora):
     margins = [mm["rewards/margins"] for _, mm in tr.log.metric_history]
     accs = [mm["rewards/accuracies"] for _, mm in tr.log.metric_history]
     assert hist[-1] < hist[0] and margins[-1] > margins[0] > 0 and accs[-1] == 1.0
+    assert tr.micro.compilations == 1           # dynamic shapes on CPU: one graph for every batch shape
     counts = counts["01"]
     # exact formula check of the current policy on one micro-batch through the eval graph
     t = [Tensor(b01[k]) for k in ("input_ids", "attention_mask", "position_ids", "pixel_values", "vision_pos_ids",

@@ -58,8 +58,9 @@ class DPOLossCell(nn.Cell):
                   vision_gather_index, vision_token_mask, labels, ref_logps, weight):
         logps, counts = self.logps(input_ids, attention_mask, position_ids, pixel_values, vision_pos_ids,
                                    vision_segment_ids, vision_gather_index, vision_token_mask, labels)
-        n = logps.shape[0] // 2
-        loss, metrics = self.dpo(logps[:n], logps[n:], ref_logps[:n], ref_logps[n:], counts[:n])
+        # rows are [chosen..., rejected...]: a reshape splits them, also when the batch dim is dynamic
+        pol, ref, cnt = ops.reshape(logps, (2, -1)), ops.reshape(ref_logps, (2, -1)), ops.reshape(counts, (2, -1))
+        loss, metrics = self.dpo(pol[0], pol[1], ref[0], ref[1], cnt[0])
         return loss * weight, metrics[0], metrics[1], metrics[2], metrics[3]
 
 

@@ -138,20 +138,36 @@ class DPOTrainer(Trainer):
     """The fine-tuning Trainer with the DPO micro-step, reference pass, metrics and validation."""
 
     def __init__(self, args, startup, rank, world, logger, model, feed, reference):
+        self.reference = reference      # before Trainer.__init__, which calls _build_steps
         super().__init__(args, startup, rank, world, logger, model, feed)
-        import mindspore as ms
-        self.reference = reference
-        self.loss_cell = DPOLossCell(model.network, DPOLoss(args.dpo_beta, args.dpo_label_smoothing, args.pref_ftx,
-                                                            args.dpo_loss_type))
-        # the SFT step objects of Trainer are never compiled; these take their places
-        self.micro = DPOMicroStep(self.loss_cell, self.trainable, self.accum)
-        self.forward = DPOForward(self.loss_cell)
-        self.weight = ms.Tensor(1.0 / (self.ga * self.dp), ms.float32)
+        self.weight = self.ms.Tensor(1.0 / (self.ga * self.dp), self.ms.float32)
         logger.print(f" > DPO: beta {args.dpo_beta}, loss {args.dpo_loss_type}, label smoothing "
                      f"{args.dpo_label_smoothing}, pref_ftx {args.pref_ftx}; reference: {reference.kind}")
 
+    def _build_steps(self):
+        """The SFT optimizer step with the DPO micro-step and validation forward."""
+        from mindspeed_ms.training.optimizer import AdamW
+        from mindspeed_ms.training.train_step import OptimizerStep, make_accumulators
+        args = self.args
+        self.accum = make_accumulators(self.trainable)
+        self.optimizer = AdamW(self.trainable, args.adam_beta1, args.adam_beta2, args.adam_eps, args.weight_decay)
+        self.opt_step = OptimizerStep(self.accum, self.optimizer, args.clip_grad, self.dp)
+        self.loss_cell = DPOLossCell(self.model.network, DPOLoss(args.dpo_beta, args.dpo_label_smoothing,
+                                                                 args.pref_ftx, args.dpo_loss_type))
+        self.micro = DPOMicroStep(self.loss_cell, self.trainable, self.accum)
+        self.forward = DPOForward(self.loss_cell)
+
     def _inputs(self, mb):
-        t = [self.ms.Tensor(mb[k]) for k in LOGP_KEYS]
+        ms = self.ms
+        t = [ms.Tensor(mb[k]) for k in LOGP_KEYS]
+        if self.dynamic_shapes and not self._inputs_declared:
+            # as the SFT trainer: one CPU graph per Cell with dynamic batch / sequence / patch dims
+            dyn = [ms.Tensor(shape=[None] * x.ndim, dtype=x.dtype) for x in t]
+            ref, w = ms.Tensor(shape=[None], dtype=ms.float32), ms.Tensor(shape=[], dtype=ms.float32)
+            self.micro.set_inputs(ms.Tensor(shape=[], dtype=ms.bool_), *dyn, ref, w)
+            self.forward.set_inputs(*dyn, ref, w)
+            self.reference.cell.set_inputs(*dyn)
+            self._inputs_declared = True
         return t, self.reference.logps(t)
 
     def train_step(self, micro_batches: List[Dict]):
