@@ -13,8 +13,8 @@ everywhere is to look at the image. Written in MindSpeed-MM's ranking (sharegpt)
      "chosen": {"role": "assistant", "content": "red"},
      "rejected": {"role": "assistant", "content": "blue"}}
 
-Images are resized to one square size (default 56 px: 4 x 4 patches, 4 LLM tokens) so every pair has
-the same shape and the tiny run compiles one graph. Files: OUT_DIR/images/*.png, train.json,
+Images are resized to one small square size (default 56 px: 4 x 4 patches, 4 LLM tokens) to keep
+the ViT cheap on a CPU. Files: OUT_DIR/images/*.png, train.json,
 val.json, meta.json. Same seed, same bytes.
 """
 import argparse
