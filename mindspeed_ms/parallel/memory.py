@@ -5,13 +5,28 @@ Model of the bytes (documented in docs/parallel.md):
 - bf16 runs (Ascend): weights bf16 (2 B), gradients accumulated in fp32 (4 B, as Megatron does
   for bf16), optimizer = fp32 master copy + Adam m and v (12 B), divided by dp with
   --use-distributed-optimizer (MindSpore's parallel optimizer shards them over the dp group);
-- fp32 runs (CPU): weights 4 B, gradients 4 B, Adam m and v 8 B (no master copy);
+- fp32 runs (CPU): weights 4 B, gradients 4 B in the accumulators plus 4 B for the backward pass's
+  own gradient outputs, which MicroStep holds until it adds them into the accumulators
+  (training/train_step.py), Adam m and v 8 B (no master copy);
 - frozen parameters (vision encoder / projector with `freeze`) only hold their weights;
 - activations saved for backward, per layer and micro-batch, from the layer's ops (see
   `_text_layer_acts`); full recompute keeps only each layer's input (plus one layer's activations
   while it is recomputed); selective recompute drops the attention scores; a frozen ViT saves
   nothing. In-flight micro-batches follow 1F1B (stage p holds pp - p) or Megatron's interleaved
-  warm-up count with VPP.
+  warm-up count with VPP;
+- the output layer + loss (`_loss_acts`). tp 1 runs the fused chunked loss
+  (models/layers/linear_cross_entropy.py, 4 token chunks), which computes the output weight's fp32
+  gradient [V, H] in the forward pass and holds it until backward, and per chunk three fp32
+  [tokens/4 x V] buffers (logits, logits - max, exp). On Ascend the runtime reuses a chunk's
+  buffers for the next chunk. On CPU it does not: the measured peak does not fall with more chunks
+  (tiny model, seq 256: 2078 / 1903 / 1940 MB RSS for 1 / 4 / 8 chunks), so every chunk's buffers
+  count, and the two gradient matmuls' CPU kernels add one packed copy of `exp` each: 5 fp32
+  [tokens x V] buffers in all, which matches the measured 2.8 MB per token (4.6 x V x 4 B) between
+  seq 128 and 512 (tests/test_parallel_memory_measured.py). tp > 1 keeps the vocab-parallel plain
+  loss: logits in the compute dtype plus fp32 log-probabilities, both vocab-split.
+
+Not modelled: graph compilation (about 0.5 GB of host memory for the tiny model on CPU), the
+framework itself, communication buffers and allocator fragmentation.
 """
 from dataclasses import dataclass
 from typing import List, Optional
@@ -87,6 +102,25 @@ def _vit_layer_acts(v, cfg, n, flash):
     return elems
 
 
+# fp32 [tokens x V] buffers of the fused chunked loss held at the peak (see the module docstring)
+CHUNKED_LOSS_BUFFERS_ASCEND = 3     # one chunk's logits, logits - max, exp (reused per chunk)
+CHUNKED_LOSS_BUFFERS_CPU = 5        # all chunks: those three + the two matmul kernels' packed exp
+LOSS_CHUNKS = 4                     # Qwen2VLForConditionalGeneration.linear_cross_entropy
+
+
+def _loss_bytes(t, cfg, b, s, act_b, cpu):
+    """Bytes of the output layer + loss on the last stage for one micro-batch."""
+    tok = b * s // cfg.cp
+    vocab = t.vocab_size // cfg.tp
+    if cfg.tp > 1:
+        # vocab-parallel plain loss: logits in the compute dtype plus fp32 log-probabilities
+        return tok * vocab * (act_b + 4)
+    grad_w = t.vocab_size * t.hidden_size * 4
+    if cpu:
+        return grad_w + CHUNKED_LOSS_BUFFERS_CPU * tok * vocab * 4
+    return grad_w + CHUNKED_LOSS_BUFFERS_ASCEND * (tok // LOSS_CHUNKS) * vocab * 4
+
+
 def _in_flight(cfg, stage):
     m = cfg.num_micro_batches
     if cfg.pp == 1:
@@ -105,7 +139,8 @@ def estimate_memory(plan: ShardPlan, dtype: str = "bf16", vision_patches: Option
         raise ValueError(f"estimate_memory: dtype must be 'bf16' or 'fp32', got {dtype!r}")
     cfg, mc = plan.cfg, plan.model_cfg
     act_b = 2 if dtype == "bf16" else 4
-    w_b, g_b, o_b = (2, 4, 12) if dtype == "bf16" else (4, 4, 8)
+    # fp32 (CPU): accumulators + the backward's own gradient outputs (see the module docstring)
+    w_b, g_b, o_b = (2, 4, 12) if dtype == "bf16" else (4, 8, 8)
     opt_div = cfg.dp if cfg.use_distributed_optimizer else 1
     s = cfg.padded_seq_length(seq_length or cfg.seq_length or 1)
     b = cfg.micro_batch_size
@@ -138,11 +173,8 @@ def estimate_memory(plan: ShardPlan, dtype: str = "bf16", vision_patches: Option
                     layer = _vit_layer_acts(v, cfg, n_patches, flash)
                     full_layer = max(full_layer, layer)
                     elems += n_patches * v.hidden_size if i in rc_vit else layer
-            if pl.output_layer:
-                tok = b * s // cfg.cp
-                # logits in the compute dtype plus fp32 log-softmax for the vocab-parallel loss
-                elems += tok * t.vocab_size // cfg.tp * (1 + 4 // act_b)
-            acts_chunks.append((elems, full_layer))
+            loss = _loss_bytes(t, cfg, b, s, act_b, dtype == "fp32") if pl.output_layer else 0
+            acts_chunks.append((elems + loss / act_b, full_layer))
         held = _in_flight(cfg, stage)
         per_chunk = sum(e for e, _ in acts_chunks) / max(1, cfg.vpp) if cfg.vpp > 1 else sum(e for e, _ in acts_chunks)
         transient = max((f for _, f in acts_chunks), default=0) if (t_rc.granularity == "full" or
