@@ -63,7 +63,7 @@ def test_mm_checkpoint_and_converted_hf_dir_answer_the_same(ckpts, capsys):
 
 def test_evaluate_reports_per_type(ckpts, capsys):
     data = ckpts["root"] / "data"
-    make_demo_dataset(str(data), seed=2, n_train=7, n_val=14, convert_llava=False)
+    make_demo_dataset(str(data), seed=2, n_train=8, n_val=14, convert_llava=False)
     out = ckpts["root"] / "eval.json"
     rc = evaluate.main(["--load", ckpts["hf_trained"], "--data", str(data / "val.json"), "--output", str(out),
                         "--batch-size", "5", "--max-new-tokens", "3"])
