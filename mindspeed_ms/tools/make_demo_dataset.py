@@ -85,13 +85,13 @@ TYPES = tuple(t for t, _ in TYPE_WEIGHTS)
 # learns to look at the image within the demo's few hundred steps.
 TRAIN_TYPE_WEIGHTS = (
     ("quiz", 0.40),
-    ("colour", 0.20),
-    ("shape", 0.06),
-    ("count", 0.08),
-    ("position", 0.06),
-    ("multi_image", 0.08),
-    ("multi_turn", 0.06),
-    ("text", 0.06),
+    ("colour", 0.30),
+    ("shape", 0.04),
+    ("count", 0.06),
+    ("position", 0.04),
+    ("multi_image", 0.06),
+    ("multi_turn", 0.05),
+    ("text", 0.05),
 )
 
 

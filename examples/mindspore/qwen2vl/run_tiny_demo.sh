@@ -25,8 +25,8 @@ export GLOG_v=${GLOG_v:-3}
 if command -v mm-convert >/dev/null 2>&1; then MM_CONVERT="mm-convert"; else MM_CONVERT="$PYTHON -m mindspeed_ms.checkpoint.cli"; fi
 
 BLANK=${BLANK:-0}
-TRAIN_ITERS=${TRAIN_ITERS:-150}
-N_TRAIN=${N_TRAIN:-1200}
+TRAIN_ITERS=${TRAIN_ITERS:-240}
+N_TRAIN=${N_TRAIN:-2000}
 N_VAL=${N_VAL:-120}
 SEED=1234
 HF_PATH="./ckpt/hf_path/Qwen2-VL-tiny"
