@@ -11,22 +11,14 @@ accumulators the SFT step uses; the optimizer step is the SFT one.
 Every Cell spells out its arguments (no *args): MindSpore 2.10 fails to compile a second top-level
 graph through a shared *args wrapper.
 """
-import mindspore as ms
 from mindspore import ParameterTuple, nn, ops
 
 from mindspeed_ms.models.qwen2vl.loss import CausalLMLoss
+from mindspeed_ms.training.train_step import TRAIN_KEYS, accumulate_grad
 
-# batch keys the log-prob cells take, in order (the model's positional inputs, then labels)
-LOGP_KEYS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "vision_pos_ids",
-             "vision_segment_ids", "vision_gather_index", "vision_token_mask", "labels")
-
-_acc = ops.MultitypeFuncGraph("dpo_acc")
-
-
-@_acc.register("Tensor", "Tensor", "Tensor")
-def _acc_one(first, acc, grad):
-    grad = grad.astype(ms.float32)
-    return ops.assign(acc, ops.select(first, grad, acc + grad))
+# batch keys the log-prob cells take, in order: the SFT keys without loss_weights (DPO weighs
+# whole sequences itself)
+LOGP_KEYS = TRAIN_KEYS[:-1]
 
 
 class SequenceLogProbs(nn.Cell):
@@ -86,7 +78,7 @@ class DPOMicroStep(nn.Cell):
         grads = self.grad(self.loss_cell, self.weights)(input_ids, attention_mask, position_ids, pixel_values,
                                                         vision_pos_ids, vision_segment_ids, vision_gather_index,
                                                         vision_token_mask, labels, ref_logps, weight, sens)
-        done = self.hyper_map(ops.partial(_acc, first), self.accum, grads)
+        done = self.hyper_map(ops.partial(accumulate_grad, first), self.accum, grads)
         return ops.depend(out[0], done), out[1], out[2], out[3], out[4]
 
     @property

@@ -24,10 +24,10 @@ from mindspeed_ms.training.optimizer import AdamW, GradNormClip
 TRAIN_KEYS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "vision_pos_ids",
               "vision_segment_ids", "vision_gather_index", "vision_token_mask", "labels", "loss_weights")
 
-_acc = ops.MultitypeFuncGraph("acc")
+accumulate_grad = ops.MultitypeFuncGraph("accumulate_grad")
 
 
-@_acc.register("Tensor", "Tensor", "Tensor")
+@accumulate_grad.register("Tensor", "Tensor", "Tensor")
 def _acc_one(first, acc, grad):
     grad = grad.astype(ms.float32)
     # select, not acc*0+grad: a stale inf/nan in the buffer must not leak into the next step
@@ -65,7 +65,7 @@ class MicroStep(nn.Cell):
         loss = self.loss_cell(*batch)
         sens = ops.ones_like(loss)
         grads = self.grad(self.loss_cell, self.weights)(*batch, sens)
-        done = self.hyper_map(ops.partial(_acc, first), self.accum, grads)
+        done = self.hyper_map(ops.partial(accumulate_grad, first), self.accum, grads)
         return ops.depend(loss, done)
 
     @property
