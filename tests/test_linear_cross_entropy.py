@@ -74,15 +74,21 @@ def _tiny_model_and_batch(tmp_path, tied):
     return model, batch
 
 
-@pytest.mark.parametrize("tied", [True, False])
-def test_train_loss_equals_construct_loss_and_gradients(tmp_path, tied):
-    """The training step's loss (fused, chunked) vs the logits path, value and every gradient."""
+@pytest.mark.parametrize("tied,rows", [(True, False), (False, False), (True, True)])
+def test_train_loss_equals_construct_loss_and_gradients(tmp_path, tied, rows):
+    """The training step's loss (fused, chunked; `rows`: on the loss rows only, as the CPU trainer
+    runs it) vs the logits path, value and every gradient."""
+    from mindspeed_ms.training.loss_weights import loss_rows
     from mindspeed_ms.training.train_step import TRAIN_KEYS
     ms.set_context(mode=ms.GRAPH_MODE)
     model, batch = _tiny_model_and_batch(tmp_path, tied)
     net = model.network
     assert net.text_decoder.output_weight() is not None
     args = [Tensor(batch[k]) for k in TRAIN_KEYS]
+    if rows:
+        index = loss_rows(batch["loss_weights"], multiple=8)
+        assert len(index) < batch["loss_weights"].size     # fewer rows than positions: a real selection
+        args.append(Tensor(index))
     weights = ParameterTuple(net.trainable_params())
 
     class Plain(nn.Cell):
@@ -97,7 +103,19 @@ def test_train_loss_equals_construct_loss_and_gradients(tmp_path, tied):
             return loss
 
     fused_loss, fused_grads = ms.value_and_grad(model, None, weights)(*args)
-    plain_loss, plain_grads = ms.value_and_grad(Plain(), None, weights)(*args)
+    plain_loss, plain_grads = ms.value_and_grad(Plain(), None, weights)(*args[:len(TRAIN_KEYS)])
     np.testing.assert_allclose(float(fused_loss.asnumpy()), float(plain_loss.asnumpy()), rtol=1e-5)
     for p, a, b in zip(weights, fused_grads, plain_grads):
         np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-3, atol=1e-6, err_msg=p.name)
+
+
+def test_loss_rows_pick_weighted_positions_and_pad_with_the_last():
+    from mindspeed_ms.training.loss_weights import loss_rows
+    w = np.zeros((2, 6), np.float32)
+    w[0, 2:4] = 0.25
+    w[1, 0] = 0.5
+    rows = loss_rows(w, multiple=8)
+    assert rows.dtype == np.int32 and len(rows) == 8
+    np.testing.assert_array_equal(rows[:3], [2, 3, 6])
+    assert (rows[3:] == 11).all()                      # padding: the last position, weight 0
+    assert len(loss_rows(np.zeros((1, 8), np.float32), multiple=8)) == 8     # no label: still a chunkable size

@@ -60,3 +60,19 @@ def make_loss_weights(labels: np.ndarray, mode: str, num_micro_batches: int, dp_
         if global_valid_tokens:
             w[valid] = 1.0 / float(global_valid_tokens)
     return w.astype(np.float32)
+
+
+def loss_rows(loss_weights: np.ndarray, multiple: int = 128) -> np.ndarray:
+    """int32 flat indices (into B*S) of the positions whose loss weight is non-zero, padded to a
+    multiple of `multiple` with the last position B*S-1 (its weight is always 0: the last column
+    predicts nothing). The model then runs the output layer and the cross entropy on these rows
+    only, the positions without a label (prompt, image tokens, padding) cost nothing there.
+
+    Why 128: the loss runs in 4 chunks, and with fewer than ~16 rows per chunk MindSpore's CPU
+    softmax splits the vocabulary axis over threads with a split it tunes during the first launches,
+    which made the same batch's loss differ in the 7th digit from one call to the next (measured);
+    32+ rows per chunk are split by rows, and the loss is bit-for-bit reproducible."""
+    flat = np.asarray(loss_weights).reshape(-1)
+    rows = np.flatnonzero(flat != 0)
+    pad = (-len(rows)) % multiple or (multiple if len(rows) == 0 else 0)
+    return np.concatenate([rows, np.full(pad, flat.size - 1)]).astype(np.int32)

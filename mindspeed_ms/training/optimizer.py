@@ -61,6 +61,10 @@ _sq_sum = ops.MultitypeFuncGraph("sq_sum")
 @_sq_sum.register("Tensor")
 def _sq_sum_one(g):
     g = g.astype(ms.float32)
+    if g.ndim > 1:
+        # rows first: MindSpore's CPU all-axes ReduceSum runs ~6x slower than a last-axis reduction
+        # (measured 435 vs 67 ms on the 151,936 x 512 embedding gradient)
+        return ops.reduce_sum(ops.reduce_sum(g * g, -1))
     return ops.reduce_sum(g * g)
 
 

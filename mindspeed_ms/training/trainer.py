@@ -7,6 +7,7 @@ build the model, freeze, load, compile per shape bucket, and train:
     for each iteration: GA micro-batches -> MicroStep (forward + backward, grads accumulated)
                         -> OptimizerStep (AllReduce over DP, clip, AdamW) -> lr schedule
                         -> log / evaluate / save
+    (GA 1: one TrainStep graph does forward, backward, AllReduce, clip and AdamW)
 """
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ def load_model_state(named_params: Dict, state: Dict[str, np.ndarray], source: s
 
 
 class Trainer:
+    whole_step = False      # True: TrainStep (GA 1) instead of MicroStep + OptimizerStep
     def __init__(self, args: TrainingArgs, startup: Startup, rank: int, world: int, logger: TrainLogger,
                  model, feed):
         import mindspore as ms
@@ -109,12 +111,18 @@ class Trainer:
     def _build_steps(self):
         """Optimizer and compiled step Cells (the sharded Ascend trainer builds its own)."""
         from mindspeed_ms.training.optimizer import AdamW
-        from mindspeed_ms.training.train_step import ForwardOnly, MicroStep, OptimizerStep, make_accumulators
+        from mindspeed_ms.training.train_step import (ForwardOnly, MicroStep, OptimizerStep, TrainStep,
+                                                      make_accumulators)
         args = self.args
-        self.accum = make_accumulators(self.trainable)
         self.optimizer = AdamW(self.trainable, args.adam_beta1, args.adam_beta2, args.adam_eps, args.weight_decay)
-        self.micro = MicroStep(self.model, self.trainable, self.accum)
-        self.opt_step = OptimizerStep(self.accum, self.optimizer, args.clip_grad, self.dp)
+        # one micro-batch per step: one graph for the whole step, no accumulation buffers
+        self.whole_step = self.ga == 1
+        if self.whole_step:
+            self.micro = TrainStep(self.model, self.trainable, self.optimizer, args.clip_grad, self.dp)
+        else:
+            self.accum = make_accumulators(self.trainable)
+            self.micro = MicroStep(self.model, self.trainable, self.accum)
+            self.opt_step = OptimizerStep(self.accum, self.optimizer, args.clip_grad, self.dp)
         self.forward = ForwardOnly(self.model)
 
     # ---- checkpoints ---------------------------------------------------------------------------
@@ -192,25 +200,42 @@ class Trainer:
         tensors = [self.ms.Tensor(mb[k]) for k in TRAIN_KEYS]
         if self.dynamic_shapes and not self._inputs_declared:
             dyn = [self.ms.Tensor(shape=[None] * t.ndim, dtype=t.dtype) for t in tensors]
-            self.micro.set_inputs(self.ms.Tensor(shape=[], dtype=self.ms.bool_), *dyn)
+            rows = [self.ms.Tensor(shape=[None], dtype=self.ms.int32)]
+            scalar = self.ms.Tensor(shape=[], dtype=self.ms.float32)
+            lead = [scalar] * 4 if self.whole_step else [self.ms.Tensor(shape=[], dtype=self.ms.bool_)]
+            self.micro.set_inputs(*lead, *dyn, *rows)
             self.forward.set_inputs(*dyn)
             self._inputs_declared = True
         return tensors
+
+    def _loss_rows(self, mb):
+        """The training step's extra input: the flat positions with a loss (`loss_rows`). Only with
+        dynamic shapes (CPU): their count changes every batch, which would recompile a static graph."""
+        if not self.dynamic_shapes:
+            return []
+        from mindspeed_ms.training.loss_weights import loss_rows
+        return [self.ms.Tensor(loss_rows(mb["loss_weights"]))]
 
     def train_step(self, micro_batches: List[Dict]):
         ms = self.ms
         if len(micro_batches) != self.ga:
             raise TrainingError(f"the data feed gave {len(micro_batches)} micro-batches, expected {self.ga}")
         self._weights(micro_batches, self._global_valid_tokens(micro_batches))
-        local = 0.0
-        tokens = 0.0
-        for i, mb in enumerate(micro_batches):
-            out = self.micro(ms.Tensor(i == 0), *self._tensors(mb))
-            local += float(out.asnumpy())
-            tokens += float(np.asarray(mb["attention_mask"]).sum())
         lr = self.schedule.get_lr()
-        stats = ms.Tensor(np.array([local, tokens], dtype=np.float32))
-        stats_sum, norm = self.opt_step(stats, *self.optimizer.host_scalars(lr))
+        if self.whole_step:
+            mb = micro_batches[0]
+            tokens = ms.Tensor(float(np.asarray(mb["attention_mask"]).sum()), ms.float32)
+            stats_sum, norm = self.micro(*self.optimizer.host_scalars(lr), tokens, *self._tensors(mb),
+                                         *self._loss_rows(mb))
+        else:
+            local = 0.0
+            tokens = 0.0
+            for i, mb in enumerate(micro_batches):
+                out = self.micro(ms.Tensor(i == 0), *self._tensors(mb), *self._loss_rows(mb))
+                local += float(out.asnumpy())
+                tokens += float(np.asarray(mb["attention_mask"]).sum())
+            stats = ms.Tensor(np.array([local, tokens], dtype=np.float32))
+            stats_sum, norm = self.opt_step(stats, *self.optimizer.host_scalars(lr))
         self.optimizer.step += 1
         self.schedule.step(self.gbs)
         self.iteration += 1

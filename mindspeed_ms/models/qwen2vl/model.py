@@ -103,11 +103,13 @@ class Qwen2VLForConditionalGeneration(nn.Cell):
 
     def train_loss(self, input_ids, attention_mask, position_ids, pixel_values, vision_pos_ids,
                    vision_segment_ids, vision_gather_index, vision_token_mask, labels, loss_weights,
-                   vision_cu_seqlens=None):
+                   vision_cu_seqlens=None, loss_index=None):
         """The loss of `construct` (same value and gradients) without returning logits: what the
         training step differentiates. With `chunked_loss` the output layer and the cross entropy run
         fused over token chunks (needs B*S divisible by 4: the collator pads to multiples of 8).
-        `vision_cu_seqlens`: the flash ViT's block ends (the sharded Ascend step passes them)."""
+        `vision_cu_seqlens`: the flash ViT's block ends (the sharded Ascend step passes them).
+        `loss_index` [K] (K a multiple of 8; `training.loss_weights.loss_rows`): the flat positions
+        with a non-zero loss weight; the output layer then runs on these K rows only."""
         weight = self.text_decoder.output_weight()
         # vocab-parallel logits (tp > 1, parallel.shard_plan) keep the plain, sharded loss
         if not self.chunked_loss or weight is None or self.loss_fn.vocab_parallel:
@@ -124,8 +126,15 @@ class Qwen2VLForConditionalGeneration(nn.Cell):
         else:
             token_weights = valid * ops.cast(loss_weights, ms.float32)
         hidden = ops.reshape(hidden, (-1, hidden.shape[-1]))
-        loss, _, _, _ = self.linear_cross_entropy(hidden, weight, ops.reshape(nll_targets, (-1,)),
-                                                  ops.reshape(token_weights, (-1,)))
+        nll_targets = ops.reshape(nll_targets, (-1,))
+        token_weights = ops.reshape(token_weights, (-1,))
+        if loss_index is not None:
+            # answer-only SFT: most positions (prompt, image tokens, padding) carry no loss; their
+            # rows would cost [tokens x vocab] matmuls for nothing
+            hidden = self.gather_features(hidden, loss_index, 0)
+            nll_targets = self.gather_features(nll_targets, loss_index, 0)
+            token_weights = self.gather_features(token_weights, loss_index, 0)
+        loss, _, _, _ = self.linear_cross_entropy(hidden, weight, nll_targets, token_weights)
         return loss
 
     # ------------------------------------------------------------------ generation (KV cache)
