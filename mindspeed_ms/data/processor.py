@@ -14,6 +14,9 @@ How the output is kept identical to HF:
   repeats its last frame (as HF).
 """
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image
@@ -22,6 +25,53 @@ from mindspeed_ms.data.image_io import load_image, load_video_frames, to_rgb
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# Below this many output pixels per thread, starting threads costs more than it saves.
+_PIXELS_PER_THREAD = 150_000
+_POOLS = {}
+_POOLS_LOCK = threading.Lock()
+
+
+_PASS_ORDER = []
+
+
+def _pil_pass_order():
+    """Which pass PIL's resize runs first, found once by probing this PIL on a random 64x64 image:
+    "pillow13" (vertical first when the height shrinks by more than twice what the width does,
+    Pillow >= 13), "horizontal" (always horizontal first, older Pillow), or None when neither rule
+    reproduces PIL's output (then only PIL's own `resize` call is used)."""
+    if not _PASS_ORDER:
+        rng = np.random.default_rng(0)
+        src = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+        seen = []
+        for w, h in ((62, 20), (20, 62), (40, 30)):
+            ref = np.asarray(src.resize((w, h), Image.BICUBIC))
+            h_first = np.asarray(src.resize((w, 64), Image.BICUBIC).resize((w, h), Image.BICUBIC))
+            v_first = np.asarray(src.resize((64, h), Image.BICUBIC).resize((w, h), Image.BICUBIC))
+            seen.append("h" if np.array_equal(ref, h_first) else "v" if np.array_equal(ref, v_first) else "?")
+        rules = {"pillow13": ["v" if _vertical_first(64, 64, w, h, "pillow13") else "h"
+                              for w, h in ((62, 20), (20, 62), (40, 30))],
+                 "horizontal": ["h", "h", "h"]}
+        _PASS_ORDER.append(next((name for name, want in rules.items() if want == seen), None))
+    return _PASS_ORDER[0]
+
+
+def _vertical_first(width, height, new_width, new_height, rule=None):
+    """Whether PIL resizing (width, height) -> (new_width, new_height) runs its vertical pass first."""
+    rule = rule or _pil_pass_order()
+    shrink_h, shrink_w = height - new_height, width - new_width
+    return rule == "pillow13" and shrink_h > 0 and shrink_h > 2 * shrink_w
+
+
+def _pool(workers):
+    """A thread pool of `workers` threads, shared by all processors of this process. Keyed by pid too:
+    a forked data-loader worker must not reuse its parent's pool (its threads do not exist there)."""
+    key = (os.getpid(), workers)
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            pool = _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="qwen2vl-preprocess")
+    return pool
 
 
 def smart_resize(height, width, factor=28, min_pixels=56 * 56, max_pixels=14 * 14 * 4 * 1280):
@@ -61,7 +111,7 @@ class Qwen2VLImageProcessor:
     def __init__(self, do_resize=True, size=None, resample=Image.BICUBIC, do_rescale=True,
                  rescale_factor=1 / 255, do_normalize=True, image_mean=None, image_std=None,
                  do_convert_rgb=True, min_pixels=None, max_pixels=None, patch_size=14,
-                 temporal_patch_size=2, merge_size=2, **kwargs):
+                 temporal_patch_size=2, merge_size=2, num_threads=None, **kwargs):
         size = dict(size) if size else {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}
         if "shortest_edge" not in size or "longest_edge" not in size:
             raise ValueError("size must contain 'shortest_edge' and 'longest_edge' keys.")
@@ -78,13 +128,15 @@ class Qwen2VLImageProcessor:
         self.image_std = list(image_std if image_std is not None else OPENAI_CLIP_STD)
         self.do_convert_rgb = do_convert_rgb
         self.patch_size, self.temporal_patch_size, self.merge_size = patch_size, temporal_patch_size, merge_size
+        # Threads for one large image (resampling and patchifying in strips; same output for any count).
+        self.num_threads = max(1, int(num_threads if num_threads is not None else min(4, os.cpu_count() or 1)))
         self._lut = self._build_lut()
+        self._pair_lut = self._build_pair_lut()
 
     @classmethod
     def from_pretrained(cls, path, **overrides):
         """Read `preprocessor_config.json` of an HF model directory (unknown keys are ignored as HF does)."""
         import json
-        import os
 
         cfg_file = os.path.join(path, "preprocessor_config.json")
         cfg = {}
@@ -93,7 +145,8 @@ class Qwen2VLImageProcessor:
                 cfg = json.load(f)
         cfg.update(overrides)
         keys = ("do_resize", "size", "do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std",
-                "do_convert_rgb", "min_pixels", "max_pixels", "patch_size", "temporal_patch_size", "merge_size")
+                "do_convert_rgb", "min_pixels", "max_pixels", "patch_size", "temporal_patch_size", "merge_size",
+                "num_threads")
         return cls(**{k: cfg[k] for k in keys if k in cfg})
 
     def _build_lut(self):
@@ -108,6 +161,15 @@ class Qwen2VLImageProcessor:
                 v = (x - np.float32(self.image_mean[c])) / np.float32(self.image_std[c])
             rows.append(v.astype(np.float32))
         return np.stack(rows)
+
+    def _build_pair_lut(self):
+        """[3, 65536] uint64: entry v of channel c holds the float32 pair (lut[c][b0], lut[c][b1]) of
+        the two bytes b0, b1 that make uint16 v in this machine's byte order. None for an odd patch
+        size (a patch row then does not split into byte pairs)."""
+        if self.patch_size % 2:
+            return None
+        pair_bytes = np.arange(65536, dtype=np.uint16).view(np.uint8).reshape(65536, 2)
+        return np.stack([np.ascontiguousarray(self._lut[c][pair_bytes]).view(np.uint64)[:, 0] for c in range(3)])
 
     # ---- one image or one video -> (patches [N, C*T*P*P], grid) ----
     def _as_rgb_array(self, img):
@@ -129,50 +191,152 @@ class Qwen2VLImageProcessor:
             raise ValueError(f"expected an RGB image (H, W, 3), got shape {arr.shape}")
         return arr
 
+    def _as_rgb_image(self, img):
+        """Any accepted image kind -> PIL RGB image holding the same uint8 pixels as `_as_rgb_array`.
+        An RGB PIL image is used as is: HF's numpy -> PIL round trip before resizing changes no pixel."""
+        if isinstance(img, (str, bytes)) or hasattr(img, "read"):
+            img = load_image(img)
+        if isinstance(img, Image.Image):
+            if self.do_convert_rgb:
+                img = to_rgb(img)
+            if img.mode == "RGB":
+                return img
+        return Image.fromarray(np.ascontiguousarray(self._as_rgb_array(img)))
+
     def _resize(self, arr, h, w):
         if not self.do_resize or arr.shape[:2] == (h, w):
             return arr
         return np.asarray(Image.fromarray(arr).resize((w, h), resample=self.resample))
 
+    def _target_size(self, height, width, min_pixels, max_pixels):
+        p, m = self.patch_size, self.merge_size
+        rh, rw = height, width
+        if self.do_resize:
+            rh, rw = smart_resize(height, width, factor=p * m, min_pixels=min_pixels, max_pixels=max_pixels)
+        if (rh // p) % m or (rw // p) % m or rh % p or rw % p:
+            raise ValueError(f"resized size {rw}x{rh} is not a multiple of patch_size*merge_size={p * m}")
+        return rh, rw
+
+    def _image_patches(self, img, min_pixels, max_pixels):
+        """One image -> ([gh*gw, C*T*P*P] float32, (1, gh, gw)).
+
+        PIL's bicubic resize is separable: a horizontal pass (each row on its own) and a vertical
+        pass (each column on its own), each with coefficients that depend only on the full input and
+        output sizes, in an order PIL picks from the sizes (`_vertical_first`). So with several
+        threads (PIL and numpy release the GIL) we run PIL's two passes ourselves, in PIL's order,
+        each on strips across it (rows for a horizontal pass, columns for a vertical one): the same
+        pixels as one `resize` call. Patchifying then runs on strips of whole merge-block rows, each
+        thread writing its own contiguous part of the output."""
+        im = self._as_rgb_image(img)
+        p, m, tp = self.patch_size, self.merge_size, self.temporal_patch_size
+        rh, rw = self._target_size(im.height, im.width, min_pixels, max_pixels)
+        gh, gw = rh // p, rw // p
+        out = np.empty((gh // m, gw // m, m * m, 3, tp, p * p), dtype=np.float32)
+        need_w = self.do_resize and im.width != rw
+        need_h = self.do_resize and im.height != rh
+        workers = min(self.num_threads, gh // m, max(1, rh * rw // _PIXELS_PER_THREAD))
+        if workers > 1 and (need_w or need_h) and _pil_pass_order() is None:
+            workers = 1  # a PIL whose pass order we do not know: only its own resize is certain
+        if workers == 1:
+            if need_w or need_h:
+                im = im.resize((rw, rh), resample=self.resample)
+            self._patchify_into([np.asarray(band) for band in im.split()], out)
+            return out.reshape(gh * gw, 3 * tp * p * p), (1, gh, gw)
+
+        im.load()  # a lazily decoded file image must be decoded once, not by each thread's crop
+        pool = _pool(workers)
+        if need_w and need_h:  # PIL's first pass
+            if _vertical_first(im.width, im.height, rw, rh):
+                im, need_h = self._resample_in_strips(im, im.width, rh, workers, pool), False
+            else:
+                im, need_w = self._resample_in_strips(im, rw, im.height, workers, pool), False
+        if need_h:  # the only or second pass is vertical: column strips, pasted back
+            im = self._resample_in_strips(im, rw, rh, workers, pool)
+        edges = (np.linspace(0, gh // m, workers + 1).astype(int) * (p * m)).tolist()
+        planes = None if need_w else [np.asarray(band) for band in im.split()]
+
+        def strip(k):
+            lo, hi = edges[k], edges[k + 1]
+            if need_w:  # the only or second pass is horizontal: it runs on this strip's rows
+                part = im.crop((0, lo, im.width, hi)).resize((rw, hi - lo), resample=self.resample)
+                rows = [np.asarray(band) for band in part.split()]
+            else:
+                rows = [plane[lo:hi] for plane in planes]
+            self._patchify_into(rows, out[lo // (p * m):hi // (p * m)])
+
+        list(pool.map(strip, range(workers)))
+        return out.reshape(gh * gw, 3 * tp * p * p), (1, gh, gw)
+
+    def _resample_in_strips(self, im, width, height, workers, pool):
+        """One PIL resampling pass (only the width or only the height changes) on `workers` strips
+        across it (row strips for a horizontal pass, column strips for a vertical one), pasted back."""
+        horizontal = width != im.width
+        edges = np.linspace(0, im.height if horizontal else im.width, workers + 1).astype(int).tolist()
+        spans = list(zip(edges[:-1], edges[1:]))
+
+        def part(span):
+            a, b = span
+            if horizontal:
+                return im.crop((0, a, im.width, b)).resize((width, b - a), resample=self.resample)
+            return im.crop((a, 0, b, im.height)).resize((b - a, height), resample=self.resample)
+
+        whole = Image.new("RGB", (width, height))
+        for (a, _), piece in zip(spans, pool.map(part, spans)):
+            whole.paste(piece, (0, a) if horizontal else (a, 0))
+        return whole
+
+    def _patchify_into(self, planes, out):
+        """Three uint8 channel planes [H, W] (whole merge blocks) -> their normalized patches, written
+        into the contiguous `out` [H/(P*m), W/(P*m), m*m, C, T, P*P] (the output or a row strip of it).
+
+        1. Per channel, one `take` gathers float32 values in patch order (the uint8 plane read through
+           a transposed view, no copy first) into `vals` [C, n, P*P]. With an even patch size, two
+           neighbouring pixels are read as one uint16 and looked up in a 65536-entry table of float32
+           pairs: half the gathers. `mode="wrap"` skips bounds checks (indices are always in range).
+        2. One `take` over whole P*P rows (as one opaque item each) writes `out[n, c, t] = vals[c, n]`
+           for every frame slot t: the output is written once, in its final layout."""
+        p, m, tp = self.patch_size, self.merge_size, self.temporal_patch_size
+        bh, bw = planes[0].shape[0] // (p * m), planes[0].shape[1] // (p * m)
+        n = bh * bw * m * m
+        vals = np.empty((3, bh, bw, m, m, p, p), dtype=np.float32)
+        for c, plane in enumerate(planes):
+            if self._pair_lut is not None:
+                src = plane.view(np.uint16).reshape(bh, m, p, bw, m, p // 2).transpose(0, 3, 1, 4, 2, 5)
+                dst = vals[c].view(np.uint64)
+                np.take(self._pair_lut[c], src, out=dst, mode="wrap")
+            else:
+                src = plane.reshape(bh, m, p, bw, m, p).transpose(0, 3, 1, 4, 2, 5)
+                np.take(self._lut[c], src, out=vals[c], mode="wrap")
+        row = np.dtype((np.void, 4 * p * p))
+        sel = np.empty((n, 3, tp), dtype=np.intp)
+        sel[...] = (np.arange(n)[:, None] + n * np.arange(3)[None, :])[:, :, None]
+        np.take(vals.reshape(3 * n, p * p).view(row)[:, 0], sel, out=out.reshape(n, 3, tp, p * p).view(row)[..., 0],
+                mode="wrap")
+
     def _process_frames(self, frames, min_pixels, max_pixels):
+        """One video (list of frames) -> ([gt*gh*gw, C*T*P*P] float32, (gt, gh, gw))."""
         arrs = [self._as_rgb_array(f) for f in frames]
         if not arrs:
             raise ValueError("a video has no frames")
-        height, width = arrs[0].shape[:2]
         p, m, tp = self.patch_size, self.merge_size, self.temporal_patch_size
-        rh, rw = height, width
-        if self.do_resize:
-            # HF sizes every frame of a video by the first frame.
-            rh, rw = smart_resize(height, width, factor=p * m, min_pixels=min_pixels, max_pixels=max_pixels)
+        # HF sizes every frame of a video by the first frame.
+        rh, rw = self._target_size(*arrs[0].shape[:2], min_pixels, max_pixels)
         arrs = [self._resize(a, rh, rw) for a in arrs]
         shapes = {a.shape for a in arrs}
         if len(shapes) != 1:
             raise ValueError(f"video frames have different sizes after resizing: {sorted(shapes)}")
         gh, gw = rh // p, rw // p
-        if gh % m or gw % m:
-            raise ValueError(f"resized size {rw}x{rh} is not a multiple of patch_size*merge_size={p * m}")
         n = len(arrs)
-        if n == 1:
-            # A single image is its own T frames: normalize one frame, then copy it into each slot.
-            u8 = arrs[0].reshape(gh // m, m, p, gw // m, m, p, 3).transpose(0, 3, 1, 4, 6, 2, 5)
-            u8 = np.ascontiguousarray(u8).reshape(gh * gw, 3, p * p)
-            gt = 1
-            out = np.empty((gh * gw, 3, tp, p * p), dtype=np.float32)
-            for c in range(3):
-                v = self._lut[c].take(u8[:, c])
-                for t in range(tp):
-                    out[:, c, t] = v
-        else:
-            if n % tp:
-                arrs = arrs + [arrs[-1]] * (tp - n % tp)
-            stack = np.stack(arrs)
-            gt = stack.shape[0] // tp
-            # stack: [gt*T, H, W, C] uint8 -> HF layout (gt, gh/m, gw/m, m, m, C, T, P, P)
-            u8 = stack.reshape(gt, tp, gh // m, m, p, gw // m, m, p, 3).transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)
-            u8 = np.ascontiguousarray(u8).reshape(gt * gh * gw, 3, tp * p * p)
-            out = np.empty(u8.shape, dtype=np.float32)
-            for c in range(3):
-                out[:, c] = self._lut[c][u8[:, c]]
+        if n % tp:
+            arrs = arrs + [arrs[-1]] * (tp - n % tp)
+        stack = np.stack(arrs)
+        gt = stack.shape[0] // tp
+        # stack: [gt*T, H, W, C] uint8 -> HF layout (gt, gh/m, gw/m, m, m, C, T, P, P)
+        u8 = stack.reshape(gt, tp, gh // m, m, p, gw // m, m, p, 3).transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)
+        u8 = np.ascontiguousarray(u8).reshape(gt * gh * gw, 3, tp * p * p)
+        out = np.empty(u8.shape, dtype=np.float32)
+        for c in range(3):
+            out[:, c] = self._lut[c].take(u8[:, c], mode="wrap")
         return out.reshape(gt * gh * gw, 3 * tp * p * p), (gt, gh, gw)
 
     def __call__(self, images=None, videos=None, **kwargs):
@@ -191,10 +355,10 @@ class Qwen2VLImageProcessor:
             flat = [im for item in images for im in (item if isinstance(item, (list, tuple)) else [item])]
             patches, grids = [], []
             for im in flat:
-                pv, g = self._process_frames([im], min_pixels, max_pixels)
+                pv, g = self._image_patches(im, min_pixels, max_pixels)
                 patches.append(pv)
                 grids.append(g)
-            out["pixel_values"] = np.concatenate(patches) if patches else np.zeros((0, 3 * self.temporal_patch_size * self.patch_size ** 2), np.float32)
+            out["pixel_values"] = _join(patches, 3 * self.temporal_patch_size * self.patch_size ** 2)
             out["image_grid_thw"] = np.array(grids, dtype=np.int64).reshape(-1, 3)
         if videos is not None:
             videos = _as_video_list(videos)
@@ -206,9 +370,16 @@ class Qwen2VLImageProcessor:
                 pv, g = self._process_frames(list(frames), min_pixels, max_pixels)
                 patches.append(pv)
                 grids.append(g)
-            out["pixel_values_videos"] = np.concatenate(patches)
+            out["pixel_values_videos"] = _join(patches, 3 * self.temporal_patch_size * self.patch_size ** 2)
             out["video_grid_thw"] = np.array(grids, dtype=np.int64).reshape(-1, 3)
         return out
+
+
+def _join(patches, dim):
+    """Concatenate per-item patch arrays; one item is returned as is (no copy of a large array)."""
+    if len(patches) == 1:
+        return patches[0]
+    return np.concatenate(patches) if patches else np.zeros((0, dim), np.float32)
 
 
 def _as_video_list(videos):
