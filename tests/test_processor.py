@@ -33,7 +33,56 @@ def test_images_equal_hf(limits):
         assert a["pixel_values"].dtype == np.float32
         assert a["pixel_values"].shape == b["pixel_values"].shape, name
         np.testing.assert_array_equal(a["image_grid_thw"], b["image_grid_thw"], err_msg=name)
-        assert np.abs(a["pixel_values"] - b["pixel_values"]).max() <= 1e-5, name
+        np.testing.assert_array_equal(a["pixel_values"], b["pixel_values"], err_msg=name)  # bit-identical
+
+
+# Sizes that take every path of the threaded resize: both passes (horizontal first / vertical first,
+# PIL's order), width only, height only, no resize; all large enough for several threads.
+THREAD_CASES = [(2000, 1500), (640, 480), (550, 1012), (710, 560), (700, 570), (700, 560), (1500, 2000), (2400, 300)]
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threaded_images_bit_identical_to_hf(threads):
+    from mindspeed_ms.data.processor import _vertical_first
+
+    ours, ref = Qwen2VLImageProcessor(num_threads=threads), HFProcessor()
+    orders = set()
+    for i, (w, h) in enumerate(THREAD_CASES):
+        img = rgb(w, h, seed=i)
+        rh, rw = smart_resize(h, w, 28, 56 * 56, 28 * 28 * 1280)
+        if rw != w and rh != h:
+            orders.add(_vertical_first(w, h, rw, rh))
+        a = ours(images=[img])
+        b = ref(images=[img], return_tensors="np", input_data_format="channels_last")
+        np.testing.assert_array_equal(a["image_grid_thw"], b["image_grid_thw"])
+        np.testing.assert_array_equal(a["pixel_values"], b["pixel_values"], err_msg=f"{w}x{h}")
+        single = Qwen2VLImageProcessor(num_threads=1)(images=[img])["pixel_values"]
+        np.testing.assert_array_equal(a["pixel_values"], single)
+    from mindspeed_ms.data.processor import _pil_pass_order
+    if _pil_pass_order() == "pillow13":
+        assert orders == {False, True}  # both of PIL's pass orders were exercised
+
+
+def test_pil_pass_order_matches_pil_resize():
+    """The pass order we replicate is PIL's own on random sizes (not only on the probe's)."""
+    from mindspeed_ms.data.processor import _pil_pass_order, _vertical_first
+
+    assert _pil_pass_order() in ("pillow13", "horizontal")
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        w, h, nw, nh = (int(v) for v in rng.integers(8, 160, 4))
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        first = img.resize((w, nh) if _vertical_first(w, h, nw, nh) else (nw, h), Image.BICUBIC)
+        np.testing.assert_array_equal(np.asarray(first.resize((nw, nh), Image.BICUBIC)),
+                                      np.asarray(img.resize((nw, nh), Image.BICUBIC)), err_msg=f"{w}x{h}->{nw}x{nh}")
+
+
+def test_threaded_file_image(tmp_path):
+    path = tmp_path / "big.png"
+    rgb(900, 700, seed=7).save(path)
+    a = Qwen2VLImageProcessor(num_threads=2)(images=[str(path)])
+    b = HFProcessor()(images=[Image.open(path)], return_tensors="np", input_data_format="channels_last")
+    np.testing.assert_array_equal(a["pixel_values"], b["pixel_values"])
 
 
 def test_batch_of_images_and_arrays_equal_hf():
