@@ -76,7 +76,7 @@ def main(argv=None):
     p.add_argument("--max-pixels", type=int, default=1003520, help="processor max_pixels (default 1280*28*28)")
     p.add_argument("--min-pixels", type=int, default=3136)
     p.add_argument("--num-threads", type=int, default=None,
-                   help="threads our processor may use for one large image (default: its own, min(4, cores))")
+                   help="threads our processor may use for one large image (default: its own default, 1)")
     p.add_argument("--sequential", action="store_true",
                    help="time each processor over the whole set in turn, holding all outputs (the first method)")
     args = p.parse_args(argv)
