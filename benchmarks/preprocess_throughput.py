@@ -93,9 +93,10 @@ def main(argv=None):
     grids_equal = all(c[0] for c in checks)
     diff = max(c[1] for c in checks)
     patches = sum(c[2] for c in checks)
-    rows = [{"processor": "mindspeed_ms", "images": n, "seconds": round(t_ours, 4), "images_per_s": round(n / t_ours, 2)},
-            {"processor": "transformers", "images": n, "seconds": round(t_hf, 4), "images_per_s": round(n / t_hf, 2)}]
-    summary = {"summary": True, "images": n, "num_threads": procs[0][0].num_threads, "patches": patches, "speedup": round(t_hf / t_ours, 2),
+    rows = [{"processor": name, "images": n, "seconds": round(t, 4), "images_per_s": round(n / t, 2)}
+            for name, t in (("mindspeed_ms", t_ours), ("transformers", t_hf))]
+    summary = {"summary": True, "images": n, "num_threads": procs[0][0].num_threads, "patches": patches,
+               "speedup": round(t_hf / t_ours, 2),
                "max_abs_diff": diff, "grids_equal": grids_equal, "identical": grids_equal and diff == 0.0,
                "method": "sequential" if args.sequential else "interleaved"}
     print(f"{'processor':<14}{'images':>8}{'seconds':>10}{'images/s':>10}")

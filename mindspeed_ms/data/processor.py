@@ -70,6 +70,29 @@ def _vertical_first(width, height, new_width, new_height, rule=None):
     return rule == "pillow13" and shrink_h > 0 and shrink_h > 2 * shrink_w
 
 
+def _planes(im):
+    """The three uint8 channel planes [H, W] of an RGB PIL image (one copy each, no split images)."""
+    return [np.frombuffer(im.tobytes("raw", band), np.uint8).reshape(im.height, im.width) for band in "RGB"]
+
+
+_ROW_INDEX = {}
+
+
+def _row_index(n, tp):
+    """[n, 3, tp] intp: row c*n + i of the channel-major values feeds output row (i, c, t), all t.
+    Kept for the last few sizes (images of one size in a row are common)."""
+    key = (n, tp)
+    idx = _ROW_INDEX.get(key)
+    if idx is None:
+        if len(_ROW_INDEX) >= 16:
+            _ROW_INDEX.clear()
+        idx = np.empty((n, 3, tp), dtype=np.intp)
+        idx[...] = (np.arange(n)[:, None] + n * np.arange(3)[None, :])[:, :, None]
+        idx.flags.writeable = False
+        _ROW_INDEX[key] = idx
+    return idx
+
+
 def _pool(workers):
     """A thread pool of `workers` threads, shared by all processors of this process. Keyed by pid too:
     a forked data-loader worker must not reuse its parent's pool (its threads do not exist there)."""
@@ -250,7 +273,7 @@ class Qwen2VLImageProcessor:
         if workers == 1:
             if need_w or need_h:
                 im = im.resize((rw, rh), resample=self.resample)
-            self._patchify_into([np.asarray(band) for band in im.split()], out)
+            self._patchify_into(_planes(im), out)
             return out.reshape(gh * gw, 3 * tp * p * p), (1, gh, gw)
 
         im.load()  # a lazily decoded file image must be decoded once, not by each thread's crop
@@ -263,13 +286,13 @@ class Qwen2VLImageProcessor:
         if need_h:  # the only or second pass is vertical: column strips, pasted back
             im = self._resample_in_strips(im, rw, rh, workers, pool)
         edges = (np.linspace(0, gh // m, workers + 1).astype(int) * (p * m)).tolist()
-        planes = None if need_w else [np.asarray(band) for band in im.split()]
+        planes = None if need_w else _planes(im)
 
         def strip(k):
             lo, hi = edges[k], edges[k + 1]
             if need_w:  # the only or second pass is horizontal: it runs on this strip's rows
                 part = im.crop((0, lo, im.width, hi)).resize((rw, hi - lo), resample=self.resample)
-                rows = [np.asarray(band) for band in part.split()]
+                rows = _planes(part)
             else:
                 rows = [plane[lo:hi] for plane in planes]
             self._patchify_into(rows, out[lo // (p * m):hi // (p * m)])
@@ -318,10 +341,9 @@ class Qwen2VLImageProcessor:
                 src = plane.reshape(bh, m, p, bw, m, p).transpose(0, 3, 1, 4, 2, 5)
                 np.take(self._lut[c], src, out=vals[c], mode="wrap")
         row = np.dtype((np.void, 4 * p * p))
-        sel = np.empty((n, 3, tp), dtype=np.intp)
-        sel[...] = (np.arange(n)[:, None] + n * np.arange(3)[None, :])[:, :, None]
-        np.take(vals.reshape(3 * n, p * p).view(row)[:, 0], sel, out=out.reshape(n, 3, tp, p * p).view(row)[..., 0],
-                mode="wrap")
+        src_rows = vals.reshape(3 * n, p * p).view(row)[:, 0]
+        dst_rows = out.reshape(n, 3, tp, p * p).view(row)[..., 0]
+        np.take(src_rows, _row_index(n, tp), out=dst_rows, mode="wrap")
 
     def _process_frames(self, frames, min_pixels, max_pixels):
         """One video (list of frames) -> ([gt*gh*gw, C*T*P*P] float32, (gt, gh, gw))."""
