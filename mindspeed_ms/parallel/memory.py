@@ -14,16 +14,16 @@ Model of the bytes (documented in docs/parallel.md):
   while it is recomputed); selective recompute drops the attention scores; a frozen ViT saves
   nothing. In-flight micro-batches follow 1F1B (stage p holds pp - p) or Megatron's interleaved
   warm-up count with VPP;
-- the output layer + loss (`_loss_acts`). tp 1 runs the fused chunked loss
+- the output layer + loss (`_loss_bytes`). tp 1 runs the fused chunked loss
   (models/layers/linear_cross_entropy.py, 4 token chunks), which computes the output weight's fp32
   gradient [V, H] in the forward pass and holds it until backward, and per chunk three fp32
-  [tokens/4 x V] buffers (logits, logits - max, exp). On Ascend the runtime reuses a chunk's
-  buffers for the next chunk. On CPU it does not: the measured peak does not fall with more chunks
-  (tiny model, seq 256: 2078 / 1903 / 1940 MB RSS for 1 / 4 / 8 chunks), so every chunk's buffers
-  count, and the two gradient matmuls' CPU kernels add one packed copy of `exp` each: 5 fp32
-  [tokens x V] buffers in all, which matches the measured 2.8 MB per token (4.6 x V x 4 B) between
-  seq 128 and 512 (tests/test_parallel_memory_measured.py). tp > 1 keeps the vocab-parallel plain
-  loss: logits in the compute dtype plus fp32 log-probabilities, both vocab-split.
+  [tokens/4 x V] buffers (logits, softmax, softmax - onehot), reused for the next chunk. (Before
+  the loss used the fused Softmax kernel and the attention avoided broadcasting kernels, which keep
+  private buffers on CPU, the CPU peak held every chunk's buffers; tiny model, seq 256: measured
+  1903 -> 348 MB, tests/test_parallel_memory_measured.py.) The CPU trainer also runs the loss on
+  the labelled rows only (`training.loss_weights.loss_rows`), which this estimate does not assume.
+  tp > 1 keeps the vocab-parallel plain loss: logits in the compute dtype plus fp32
+  log-probabilities, both vocab-split.
 
 Not modelled: graph compilation (about 0.5 GB of host memory for the tiny model on CPU), the
 framework itself, communication buffers and allocator fragmentation.
@@ -102,13 +102,12 @@ def _vit_layer_acts(v, cfg, n, flash):
     return elems
 
 
-# fp32 [tokens x V] buffers of the fused chunked loss held at the peak (see the module docstring)
-CHUNKED_LOSS_BUFFERS_ASCEND = 3     # one chunk's logits, logits - max, exp (reused per chunk)
-CHUNKED_LOSS_BUFFERS_CPU = 5        # all chunks: those three + the two matmul kernels' packed exp
+# fp32 [tokens/4 x V] buffers of the fused chunked loss held at the peak (see the module docstring)
+CHUNKED_LOSS_BUFFERS = 3            # one chunk's logits, softmax and softmax - onehot
 LOSS_CHUNKS = 4                     # Qwen2VLForConditionalGeneration.linear_cross_entropy
 
 
-def _loss_bytes(t, cfg, b, s, act_b, cpu):
+def _loss_bytes(t, cfg, b, s, act_b):
     """Bytes of the output layer + loss on the last stage for one micro-batch."""
     tok = b * s // cfg.cp
     vocab = t.vocab_size // cfg.tp
@@ -116,9 +115,7 @@ def _loss_bytes(t, cfg, b, s, act_b, cpu):
         # vocab-parallel plain loss: logits in the compute dtype plus fp32 log-probabilities
         return tok * vocab * (act_b + 4)
     grad_w = t.vocab_size * t.hidden_size * 4
-    if cpu:
-        return grad_w + CHUNKED_LOSS_BUFFERS_CPU * tok * vocab * 4
-    return grad_w + CHUNKED_LOSS_BUFFERS_ASCEND * (tok // LOSS_CHUNKS) * vocab * 4
+    return grad_w + CHUNKED_LOSS_BUFFERS * (tok // LOSS_CHUNKS) * vocab * 4
 
 
 def _in_flight(cfg, stage):
@@ -173,7 +170,7 @@ def estimate_memory(plan: ShardPlan, dtype: str = "bf16", vision_patches: Option
                     layer = _vit_layer_acts(v, cfg, n_patches, flash)
                     full_layer = max(full_layer, layer)
                     elems += n_patches * v.hidden_size if i in rc_vit else layer
-            loss = _loss_bytes(t, cfg, b, s, act_b, dtype == "fp32") if pl.output_layer else 0
+            loss = _loss_bytes(t, cfg, b, s, act_b) if pl.output_layer else 0
             acts_chunks.append((elems + loss / act_b, full_layer))
         held = _in_flight(cfg, stage)
         per_chunk = sum(e for e, _ in acts_chunks) / max(1, cfg.vpp) if cfg.vpp > 1 else sum(e for e, _ in acts_chunks)

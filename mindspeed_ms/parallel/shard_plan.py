@@ -143,7 +143,7 @@ def build_shard_plan(model_cfg, cfg: ParallelConfig, backend: str = "CPU", bf16:
         qk = ((bsplit, hsplit, qsplit, 1), (bsplit, hsplit, 1, 1))
         add(ShardEntry(cell, "bmm_qk", qk, ((b, kv, rep * s, d), (b, kv, s, d)), "heads", stage,
                        contractions=((0, 3, 1, 3),)))
-        add(ShardEntry(cell, "mul_scale", ((bsplit, hsplit, qsplit, 1), ()), ((b, kv, rep * s, s), ()), "heads", stage))
+        add(ShardEntry(cell, "mul_scale", ((bsplit, hsplit, qsplit, 1), ()), ((b, kv, rep * s, d), ()), "heads", stage))
         scores5 = (bsplit, hsplit) + q_rows[1:] + (1,)
         mb = bsplit if mask_b == b else 1
         add(ShardEntry(cell, "add_mask", (scores5, (mb, 1, 1, q_rows[2], 1)),
@@ -339,6 +339,8 @@ def apply_shard_plan(model, plan: ShardPlan):
             prim.shard(in_strategy=e.strategy, out_strategy=e.out_strategy)
         else:
             prim.shard(e.strategy)
+        if hasattr(cell, "tile_broadcasts"):
+            cell.tile_broadcasts = False        # the sharded primitives, not the CPU variants, must run
     for c in plan.cells:
         cell = cells.get(c.cell)
         if cell is None:

@@ -6,9 +6,22 @@ import mindspore as ms
 from mindspeed_ms.training.rng_state import seed_everything
 
 
+def _size_cpu_memory_pool():
+    """A 1 GB memory pool growing by 1 GB instead of MindSpore's 2 GB + 2 GB. Measured on the small
+    benchmark config: peak RSS 6.23 -> 5.90 GB at the same step time (0.5 GB blocks: 6.58 GB,
+    3 GB: 6.86 GB). MindSpore accepts this once per process and only before the device is set;
+    a second call (tests build several trainers) or a late one keeps the pool as it is."""
+    try:
+        ms.runtime.set_memory(init_size="1GB", increase_size="1GB")
+    except RuntimeError:
+        pass
+
+
 def init_runtime(args, backend: str, world: int, logger, data_parallel: bool = True):
     """GRAPH mode on the detected device; under msrun, communication init and data parallel
     (`data_parallel=False`: the sharded path, whose step carries its own AutoParallel settings)."""
+    if backend == "CPU":
+        _size_cpu_memory_pool()
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device(backend)
     if world > 1:

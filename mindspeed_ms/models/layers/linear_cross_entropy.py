@@ -14,8 +14,8 @@ chunk's logits live only while that chunk is processed, and the gradient is writ
 
 The softmax comes from the fused Softmax kernel (one pass over the chunk; a broadcast subtract of
 the row maximum alone cost more than the kernel), the log-sum-exp from the same probabilities
-(z_max - log p[argmax], exact and never underflowing), and the one-hot part is a row gather (dh)
-and one segment sum (dW). The forward pass therefore returns
+(z_max - log p[argmax], exact and never underflowing), and the one-hot is subtracted inside the
+chunk. The forward pass therefore returns
 (loss, dloss/dh, dloss/dW, per-token loss); `bprop` only scales them by the incoming gradient
 (Liger-Kernel's fused linear cross entropy, written with MindSpore CPU primitives).
 
@@ -38,25 +38,27 @@ class LinearCrossEntropy(nn.Cell):
         # ArgMaxWithValue: the row maximum; measured ~10x faster than ReduceMax on CPU for [512 x 151936]
         self.row_max = ops.ArgMaxWithValue(axis=-1, keep_dims=True)
         self.softmax = ops.Softmax(axis=-1)
-        self.gather_rows = ops.Gather()
         self.gather_d = ops.GatherD()
-        self.segment_sum = ops.UnsortedSegmentSum()
+        self.scatter_add = ops.tensor_scatter_elements
         self.cast = ops.Cast()
 
     def _chunk(self, x, weight, t, w):
-        """One chunk: (summed loss, per-token loss [m], p @ W scaled [m, H], p^T @ (w h) [V, H])."""
+        """One chunk: (summed loss, per-token loss [m], dlogits @ W [m, H], dlogits^T @ h [V, H])."""
         logits = self.logits_matmul(x, weight)
         arg_max, z_max = self.row_max(logits)
         # the fused Softmax kernel: one pass instead of broadcast Sub + Exp + ReduceSum + Div, each a
         # full [m x V] sweep (the broadcast Sub alone was ~15% of a small-config step on CPU)
         p = self.softmax(logits)
+        t_col = ops.reshape(t, (-1, 1))
         # logsumexp(z) = z_max - log p[argmax]: p at the argmax is >= 1/V, so this never underflows
         lse = z_max - ops.log(self.gather_d(p, 1, arg_max))
-        z_t = self.gather_d(logits, 1, ops.reshape(t, (-1, 1)))
-        nll = ops.reshape(lse - z_t, (-1,))
+        nll = ops.reshape(lse - self.gather_d(logits, 1, t_col), (-1,))
+        # dlogits / w = softmax - onehot, the one-hot subtracted in the chunk ([m x V]) rather than as
+        # a gather and a segment sum over the [V x H] gradient (two more vocabulary-sized buffers)
+        d = self.scatter_add(p, t_col, ops.full(t_col.shape, -1.0, dtype=ms.float32), 1, "add")
         coef = ops.reshape(w, (-1, 1))
-        grad_h = coef * self.grad_hidden_matmul(p, weight)
-        grad_w = self.grad_weight_matmul(p, coef * x)
+        grad_h = coef * self.grad_hidden_matmul(d, weight)
+        grad_w = self.grad_weight_matmul(d, coef * x)
         return (nll * w).sum(), nll, grad_h, grad_w
 
     def construct(self, hidden, weight, targets, token_weights):
@@ -83,10 +85,6 @@ class LinearCrossEntropy(nn.Cell):
         if n > 1:
             nll = ops.concat(nlls, 0)
             gh = ops.concat(ghs, 0)
-        # the one-hot part of dlogits: -w_t at (t, y_t)
-        w_col = ops.reshape(tw, (-1, 1))
-        gh = gh - w_col * self.gather_rows(wt, targets, 0)
-        gw = gw - self.segment_sum(w_col * x, targets, wt.shape[0])
         return loss, gh, gw, nll
 
     def bprop(self, hidden, weight, targets, token_weights, out, dout):
