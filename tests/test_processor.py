@@ -214,3 +214,36 @@ def test_benchmark_smoke(capsys):
     assert mod.main(["--smoke"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["identical"] and summary["images"] == 5
+
+
+# Processor settings that take each normalization path: the float32 `x / 255` form (default), the
+# float32 `x * factor` or table lookup (factors where float32 division is not exact), no rescale,
+# no normalize, other mean/std, an odd patch size.
+LEVEL_CASES = [dict(), dict(rescale_factor=0.00392), dict(rescale_factor=1 / 256), dict(do_rescale=False),
+               dict(do_normalize=False), dict(do_rescale=False, do_normalize=False),
+               dict(image_mean=[0.5, 0.25, 0.125], image_std=[0.3, 0.7, 0.11]), dict(patch_size=15, merge_size=2)]
+
+
+@pytest.mark.parametrize("cfg", LEVEL_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_normalization_paths_equal_hf(cfg):
+    ours, ref = Qwen2VLImageProcessor(**cfg), HFProcessor(**cfg)
+    assert ours._level_steps is not None or cfg.get("rescale_factor") == 0.00392
+    for i, (w, h) in enumerate([(300, 200), (61, 913), (1000, 700)]):
+        img = rgb(w, h, seed=40 + i)
+        a = ours(images=[img])
+        b = ref(images=[img], return_tensors="np", input_data_format="channels_last")
+        np.testing.assert_array_equal(a["image_grid_thw"], b["image_grid_thw"])
+        np.testing.assert_array_equal(a["pixel_values"], b["pixel_values"], err_msg=f"{cfg} {w}x{h}")
+
+
+def test_level_steps_exact_on_every_level():
+    """The chosen float32 arithmetic reproduces HF's table on all 256 levels (the construction check),
+    and a factor with no exact float32 form gets none (then the table is used)."""
+    from mindspeed_ms.data.processor import _apply_steps
+
+    proc = Qwen2VLImageProcessor()
+    levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=1)
+    got = np.empty(levels.shape, np.float32)
+    _apply_steps(proc._level_steps, levels, got)
+    np.testing.assert_array_equal(got[:, :, 0].T, proc._lut)
+    assert Qwen2VLImageProcessor(rescale_factor=0.00392)._level_steps is None

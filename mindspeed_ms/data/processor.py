@@ -8,17 +8,23 @@ How the output is kept identical to HF (bit for bit, tested):
   `num_threads > 1` we run PIL's two separable passes ourselves, in PIL's order, on strips
   (see `_image_patches`): the same pixels again.
 - Rescale + normalize: HF computes `float32(float64(x) * (1/255))`, then `(x - mean) / std` in float32.
-  After the resize every value is one of 256 uint8 levels per channel, so we evaluate that very
-  formula once on the 256 levels (a [3, 256] float32 lookup table) and gather from it: same float32
-  results, no per-pixel float math.
+  After the resize every value is one of 256 uint8 levels per channel, so HF's formula on the 256
+  levels (a [3, 256] float32 table) is the reference. We run cheaper float32 arithmetic per pixel
+  (`x / 255`, then the same subtract and divide: contiguous SIMD loops, faster than a table gather)
+  only after checking at construction that it gives the table's float32 on all 256 levels of every
+  channel (`_exact_level_steps`); for a rescale factor where no float32 form is exact, patches are
+  looked up in the table instead.
 - Layout: HF's reshape/transpose `(gt, T, C, gh/m, m, P, gw/m, m, P) -> (0,3,6,4,7,2,1,5,8)`. For
-  an image, the lookup gathers through a transposed view of each uint8 channel plane straight into
-  patch order, and one more gather of whole P*P rows writes the final array once, each row in its
-  T frame slots (`_patchify_into`). A video with a frame count not divisible by T repeats its last
-  frame (as HF).
+  an image, the uint8 channel planes are put in patch order first (each P-pixel row segment moved as
+  one P-byte item), then blocks of patches are normalized in a cache-sized buffer and written once
+  into the final array, into each of the T frame slots (`_patchify_into`). A video with a frame
+  count not divisible by T repeats its last frame (as HF).
 
 Speed (benchmarks/preprocess_throughput.py, 200 varied images, same run as HF): PIL's resize, the
-same call HF makes, is about 70% of our time, so it bounds the ratio to HF.
+same call HF makes, is about 70% of our time, so it bounds the ratio to HF. An exact numpy/scipy
+re-implementation of PIL's bicubic passes (int32 CSR, float64 CSR, banded float32 GEMM with
+exactness checks) was measured no faster than PIL's C loops once the uint8 <-> int/float conversions
+are counted, so PIL does all resampling.
 """
 import math
 import os
@@ -37,6 +43,9 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # hand-offs would outweigh the gain (a heuristic, not tuned).
 _PIXELS_PER_THREAD = 150_000
 _POOLS = {}
+# Patches normalized per block: a float32 block of this size stays in cache (1 MiB measured ~8%
+# faster than 256 KiB and 4 MiB on the benchmark images; a heuristic).
+_BLOCK_BYTES = 1024 * 1024
 _POOLS_LOCK = threading.Lock()
 
 
@@ -74,24 +83,6 @@ def _vertical_first(width, height, new_width, new_height, rule=None):
 def _planes(im):
     """The three uint8 channel planes [H, W] of an RGB PIL image (one copy each, no split images)."""
     return [np.frombuffer(im.tobytes("raw", band), np.uint8).reshape(im.height, im.width) for band in "RGB"]
-
-
-_ROW_INDEX = {}
-
-
-def _row_index(n, tp):
-    """[n, 3, tp] intp: row c*n + i of the channel-major values feeds output row (i, c, t), all t.
-    Kept for the last few sizes (images of one size in a row are common)."""
-    key = (n, tp)
-    idx = _ROW_INDEX.get(key)
-    if idx is None:
-        if len(_ROW_INDEX) >= 16:
-            _ROW_INDEX.clear()
-        idx = np.empty((n, 3, tp), dtype=np.intp)
-        idx[...] = (np.arange(n)[:, None] + n * np.arange(3)[None, :])[:, :, None]
-        idx.flags.writeable = False
-        _ROW_INDEX[key] = idx
-    return idx
 
 
 def _pool(workers):
@@ -165,7 +156,7 @@ class Qwen2VLImageProcessor:
         # halved the time of a 2000x1500 image (46 -> 23 ms) while 2 threads gained < 15%.
         self.num_threads = max(1, int(num_threads if num_threads is not None else 1))
         self._lut = self._build_lut()
-        self._pair_lut = self._build_pair_lut()
+        self._level_steps = self._exact_level_steps()
 
     @classmethod
     def from_pretrained(cls, path, **overrides):
@@ -196,14 +187,28 @@ class Qwen2VLImageProcessor:
             rows.append(v.astype(np.float32))
         return np.stack(rows)
 
-    def _build_pair_lut(self):
-        """[3, 65536] uint64: entry v of channel c holds the float32 pair (lut[c][b0], lut[c][b1]) of
-        the two bytes b0, b1 that make uint16 v in this machine's byte order. None for an odd patch
-        size (a patch row then does not split into byte pairs)."""
-        if self.patch_size % 2:
-            return None
-        pair_bytes = np.arange(65536, dtype=np.uint16).view(np.uint8).reshape(65536, 2)
-        return np.stack([np.ascontiguousarray(self._lut[c][pair_bytes]).view(np.uint64)[:, 0] for c in range(3)])
+    def _exact_level_steps(self):
+        """The arithmetic that maps uint8 levels to HF's float32 values, as (ufunc, per-channel
+        operand [3, 1] or scalar) steps run on float32 [.., 3, k] blocks (`_normalize_into`).
+
+        HF's rescale is `float32(float64(x) * factor)`; the cheaper all-float32 forms `x / (1/factor)`
+        or `x * factor` give the same float32 for some factors (1/255 among them) and not for
+        others, so each form is run on all 256 levels of every channel and compared with the lookup
+        table (HF's formula, the reference); the first form equal on every level is kept. None: no
+        form is exact, and patches are looked up in the table instead."""
+        mean = np.array(self.image_mean, np.float32).reshape(3, 1)
+        std = np.array(self.image_std, np.float32).reshape(3, 1)
+        tail = [(np.subtract, mean), (np.divide, std)] if self.do_normalize else []
+        forms = [[]]
+        if self.do_rescale:
+            forms = [[(np.divide, np.float32(1 / self.rescale_factor))], [(np.multiply, np.float32(self.rescale_factor))]]
+        levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=1)  # [256, 3, 1]
+        for form in forms:
+            got = np.empty(levels.shape, np.float32)
+            _apply_steps(form + tail, levels, got)
+            if np.array_equal(got[:, :, 0].T, self._lut):
+                return form + tail
+        return None
 
     # ---- one image or one video -> (patches [N, C*T*P*P], grid) ----
     def _as_rgb_array(self, img):
@@ -323,28 +328,33 @@ class Qwen2VLImageProcessor:
         """Three uint8 channel planes [H, W] (whole merge blocks) -> their normalized patches, written
         into the contiguous `out` [H/(P*m), W/(P*m), m*m, C, T, P*P] (the output or a row strip of it).
 
-        1. Per channel, one `take` gathers float32 values in patch order (the uint8 plane read through
-           a transposed view, no copy first) into `vals` [C, n, P*P]. With an even patch size, two
-           neighbouring pixels are read as one uint16 and looked up in a 65536-entry table of float32
-           pairs: half the gathers. `mode="wrap"` skips bounds checks (indices are always in range).
-        2. One `take` over whole P*P rows (as one opaque item each) writes `out[n, c, t] = vals[c, n]`
-           for every frame slot t: the output is written once, in its final layout."""
+        1. The uint8 pixels are put in patch order first: each P-pixel row segment of a patch is
+           moved as one opaque P-byte item (1 byte per pixel moved, no per-pixel index).
+        2. Blocks of patches are normalized in float32 with the exact arithmetic of
+           `_exact_level_steps` (contiguous SIMD loops, no table gather), in a small buffer that stays
+           in cache, and each block is written into all T frame slots of the output: the output is
+           written once, in its final layout."""
         p, m, tp = self.patch_size, self.merge_size, self.temporal_patch_size
         bh, bw = planes[0].shape[0] // (p * m), planes[0].shape[1] // (p * m)
         n = bh * bw * m * m
-        vals = np.empty((3, bh, bw, m, m, p, p), dtype=np.float32)
+        seg = np.dtype((np.void, p))
+        u8 = np.empty((bh, bw, m, m, 3, p), dtype=seg)
         for c, plane in enumerate(planes):
-            if self._pair_lut is not None:
-                src = plane.view(np.uint16).reshape(bh, m, p, bw, m, p // 2).transpose(0, 3, 1, 4, 2, 5)
-                dst = vals[c].view(np.uint64)
-                np.take(self._pair_lut[c], src, out=dst, mode="wrap")
-            else:
-                src = plane.reshape(bh, m, p, bw, m, p).transpose(0, 3, 1, 4, 2, 5)
-                np.take(self._lut[c], src, out=vals[c], mode="wrap")
-        row = np.dtype((np.void, 4 * p * p))
-        src_rows = vals.reshape(3 * n, p * p).view(row)[:, 0]
-        dst_rows = out.reshape(n, 3, tp, p * p).view(row)[..., 0]
-        np.take(src_rows, _row_index(n, tp), out=dst_rows, mode="wrap")
+            u8[:, :, :, :, c] = np.ascontiguousarray(plane).view(seg).reshape(bh, m, p, bw, m).transpose(0, 3, 1, 4, 2)
+        u8 = u8.view(np.uint8).reshape(n, 3, p * p)
+        out = out.reshape(n, 3, tp, p * p)
+        if self._level_steps is None:  # HF's float64 rescale: a table lookup is cheaper than float64 math
+            for c in range(3):
+                vals = np.take(self._lut[c], u8[:, c], mode="wrap")
+                out[:, c] = vals[:, None, :]
+            return
+        block = max(1, _BLOCK_BYTES // (12 * p * p))
+        buf = np.empty((min(block, n), 3, p * p), np.float32)
+        for i in range(0, n, block):
+            j = min(n, i + block)
+            b = buf[:j - i]
+            _apply_steps(self._level_steps, u8[i:j], b)
+            out[i:j] = b[:, :, None, :]
 
     def _process_frames(self, frames, min_pixels, max_pixels):
         """One video (list of frames) -> ([gt*gh*gw, C*T*P*P] float32, (gt, gh, gw))."""
@@ -406,6 +416,18 @@ class Qwen2VLImageProcessor:
             out["pixel_values_videos"] = _join(patches, 3 * self.temporal_patch_size * self.patch_size ** 2)
             out["video_grid_thw"] = np.array(grids, dtype=np.int64).reshape(-1, 3)
         return out
+
+
+def _apply_steps(steps, u8, out):
+    """uint8 [.., 3, k] -> float32 `out` (same shape): the uint8 values as float32, then each
+    (ufunc, operand) step in place."""
+    if not steps:
+        out[...] = u8
+        return
+    (first, arg), rest = steps[0], steps[1:]
+    first(u8, arg, out=out, dtype=np.float32)
+    for ufunc, arg in rest:
+        ufunc(out, arg, out=out)
 
 
 def _join(patches, dim):
