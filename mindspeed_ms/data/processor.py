@@ -378,8 +378,11 @@ class Qwen2VLImageProcessor:
         u8 = stack.reshape(gt, tp, gh // m, m, p, gw // m, m, p, 3).transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)
         u8 = np.ascontiguousarray(u8).reshape(gt * gh * gw, 3, tp * p * p)
         out = np.empty(u8.shape, dtype=np.float32)
-        for c in range(3):
-            out[:, c] = self._lut[c].take(u8[:, c], mode="wrap")
+        if self._level_steps is None:
+            for c in range(3):
+                out[:, c] = self._lut[c].take(u8[:, c], mode="wrap")
+        else:
+            _apply_steps(self._level_steps, u8, out)
         return out.reshape(gt * gh * gw, 3 * tp * p * p), (gt, gh, gw)
 
     def __call__(self, images=None, videos=None, **kwargs):
