@@ -189,7 +189,7 @@ class Qwen2VLImageProcessor:
 
     def _exact_level_steps(self):
         """The arithmetic that maps uint8 levels to HF's float32 values, as (ufunc, per-channel
-        operand [3, 1] or scalar) steps run on float32 [.., 3, k] blocks (`_normalize_into`).
+        operand [3, 1] or scalar) steps run on [.., 3, k] blocks by `_apply_steps`.
 
         HF's rescale is `float32(float64(x) * factor)`; the cheaper all-float32 forms `x / (1/factor)`
         or `x * factor` give the same float32 for some factors (1/255 among them) and not for
