@@ -8,7 +8,9 @@ Both sides get the same Qwen2-VL config (model.json for us, its `config_to_hf` f
 same random weights (converted by our mm<->hf name mapping), the same batch (images + text, the same
 token count, answer-only labels) and train in fp32 with AdamW, gradient clipping 1.0 and Megatron's
 weight-decay groups. Ours is the code path of `pretrain_vlm.py`: `init_runtime`, `build_model` and
-`Trainer.train_step` (GRAPH mode, MicroStep + OptimizerStep). Theirs: `Qwen2VLForConditionalGeneration`
+`Trainer.train_step` (GRAPH mode, dynamic shapes; one micro-batch per step, so the whole step is one
+`TrainStep` graph, and the output layer + loss run on the labelled rows only). Theirs:
+`Qwen2VLForConditionalGeneration`
 (default SDPA attention), `loss.backward()`, `clip_grad_norm_`, `AdamW.step()`.
 
 Each measurement is a fresh subprocess; the two implementations alternate A B A B ... for `--rounds`
@@ -26,8 +28,9 @@ Configs (`--config`):
 Half of each sample's text tokens (the answer) carry labels.
 
 `--seq-length N` (memory mode): the small config, one sample of N tokens (two 224x224 images + text);
-runs ours with the chunked output-layer + cross-entropy (the default) and with the plain full-logits
-loss, alternated, and reports peak RSS of each and the reduction.
+runs ours with the chunked output-layer + cross-entropy (the default: fused chunks over the labelled
+rows) and with the plain full-logits loss (`chunked_loss = False`: logits [N x V], LogSoftmax,
+autodiff), alternated, and reports peak RSS of each and the reduction.
 """
 import argparse
 import copy

@@ -339,6 +339,7 @@ def apply_shard_plan(model, plan: ShardPlan):
             prim.shard(in_strategy=e.strategy, out_strategy=e.out_strategy)
         else:
             prim.shard(e.strategy)
+    for cell in cells.values():
         if hasattr(cell, "tile_broadcasts"):
             cell.tile_broadcasts = False        # the sharded primitives, not the CPU variants, must run
     for c in plan.cells:

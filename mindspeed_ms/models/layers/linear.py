@@ -21,7 +21,7 @@ class Linear(nn.Cell):
         if has_bias:
             self.bias = Parameter(initializer(Zero(), (out_features,), dtype), name="bias")
         self.matmul = ops.MatMul(transpose_b=True)
-        self.bias_add = ops.Add()
+        self.bias_add = ops.BiasAdd()      # not Add: on CPU a broadcasting Add keeps ~4x its output privately
         self.reshape = ops.Reshape()
 
     def construct(self, x):

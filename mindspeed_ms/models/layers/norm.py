@@ -34,10 +34,19 @@ class RMSNorm(nn.Cell):
         self.mul = ops.Mul()
         self.mul_weight = ops.Mul()
         self.cast = ops.Cast()
+        # CPU: the [.., 1] statistic and the [H] weight are tiled to x's shape (same-shape kernels;
+        # see layers/attention.TiledSoftmax); the shard plan turns this off for its strategies
+        self.tile_broadcasts = True
 
     def construct(self, x):
         dtype = x.dtype
         x = self.cast(x, ms.float32)
         var = self.mean(self.square(x), -1)
-        x = self.mul(x, self.rsqrt(self.add(var, self.eps)))
-        return self.mul_weight(self.weight, self.cast(x, dtype))
+        scale = self.rsqrt(self.add(var, self.eps))
+        weight = self.weight
+        if self.tile_broadcasts:
+            lead = x.shape[:-1]
+            scale = ops.tile(scale, (1,) * len(lead) + (x.shape[-1],))
+            weight = ops.tile(ops.reshape(weight, (1,) * len(lead) + (-1,)), lead + (1,))
+        x = self.mul(x, scale)
+        return self.mul_weight(weight, self.cast(x, dtype))

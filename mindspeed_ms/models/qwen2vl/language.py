@@ -37,8 +37,9 @@ class TextSelfAttention(nn.Cell):
         k = qkv[..., rep * d:(rep + 1) * d]
         v = qkv[..., (rep + 1) * d:]
         q, k, v = (ops.transpose(t, (0, 2, 1, 3)) for t in (q, k, v))
-        q = apply_rotary(q, cos, sin)
-        k = apply_rotary(k, cos, sin)
+        tile = self.core_attention.tile_broadcasts
+        q = apply_rotary(q, cos, sin, tile)
+        k = apply_rotary(k, cos, sin, tile)
         if past_k is not None:
             k = ops.concat((past_k, k), 2)
             v = ops.concat((past_v, v), 2)

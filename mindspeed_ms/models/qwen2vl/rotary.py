@@ -15,10 +15,15 @@ def rotate_half(x):
     return ops.concat((-x[..., half:], x[..., :half]), -1)
 
 
-def apply_rotary(x, cos, sin):
-    """x * cos + rotate_half(x) * sin in fp32, cast back to x's dtype."""
+def apply_rotary(x, cos, sin, tile=False):
+    """x * cos + rotate_half(x) * sin in fp32, cast back to x's dtype. `tile` (CPU): cos/sin are
+    tiled to x's shape first, so the products are same-shape kernels (a broadcasting multiply keeps
+    a private buffer of several times its output on CPU; see layers/attention.TiledSoftmax)."""
     dtype = x.dtype
     x = ops.cast(x, ms.float32)
+    if tile:
+        reps = tuple(x.shape[i] // cos.shape[i] for i in range(x.ndim))
+        cos, sin = ops.tile(cos, reps), ops.tile(sin, reps)
     return ops.cast(x * cos + rotate_half(x) * sin, dtype)
 
 

@@ -52,8 +52,9 @@ class VisionSelfAttention(nn.Cell):
         qkv = ops.reshape(self.linear_qkv(x), (n, self.num_heads, 3 * self.head_dim))
         d = self.head_dim
         q, k, v = qkv[:, :, :d], qkv[:, :, d:2 * d], qkv[:, :, 2 * d:]
-        q = apply_rotary(q, cos, sin)
-        k = apply_rotary(k, cos, sin)
+        tile = self.core_attention.tile_broadcasts
+        q = apply_rotary(q, cos, sin, tile)
+        k = apply_rotary(k, cos, sin, tile)
         if self.core_attention.backend == "flash":
             # TND: [patches, heads, D] as is; `mask` carries the blocks' cumulative ends (cu_seqlens)
             return self.linear_proj(self.core_attention.varlen(q, k, v, mask))
