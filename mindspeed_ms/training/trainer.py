@@ -69,6 +69,7 @@ def load_model_state(named_params: Dict, state: Dict[str, np.ndarray], source: s
 
 class Trainer:
     whole_step = False      # True: TrainStep (GA 1) instead of MicroStep + OptimizerStep
+
     def __init__(self, args: TrainingArgs, startup: Startup, rank: int, world: int, logger: TrainLogger,
                  model, feed):
         import mindspore as ms
