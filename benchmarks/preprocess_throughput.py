@@ -69,13 +69,20 @@ def run_sequential(procs, images):
     return times, [check(a, b) for a, b in zip(*outs)]
 
 
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: give a whole number of at least 1")
+    return value
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--num-images", type=int, default=200)
+    p.add_argument("--num-images", type=positive_int, default=200)
     p.add_argument("--smoke", action="store_true", help="5 images (quick CI check)")
     p.add_argument("--max-pixels", type=int, default=1003520, help="processor max_pixels (default 1280*28*28)")
     p.add_argument("--min-pixels", type=int, default=3136)
-    p.add_argument("--num-threads", type=int, default=None,
+    p.add_argument("--num-threads", type=positive_int, default=None,
                    help="threads our processor may use for one large image (default: its own default, 1)")
     p.add_argument("--sequential", action="store_true",
                    help="time each processor over the whole set in turn, holding all outputs (the first method)")

@@ -77,6 +77,12 @@ def test_pil_pass_order_matches_pil_resize():
                                       np.asarray(img.resize((nw, nh), Image.BICUBIC)), err_msg=f"{w}x{h}->{nw}x{nh}")
 
 
+@pytest.mark.parametrize("threads", [0, -2])
+def test_rejects_thread_counts_below_one(threads):
+    with pytest.raises(ValueError, match=f"num_threads={threads}"):
+        Qwen2VLImageProcessor(num_threads=threads)
+
+
 def test_threaded_file_image(tmp_path):
     path = tmp_path / "big.png"
     rgb(900, 700, seed=7).save(path)

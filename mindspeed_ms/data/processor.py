@@ -154,7 +154,9 @@ class Qwen2VLImageProcessor:
         # Default 1: on the 2-core development machine, shared with training, 2 threads were slower
         # (3.0-3.6 s vs 2.8 s for the 200 benchmark images); on an idle 16-core machine 4 threads
         # halved the time of a 2000x1500 image (46 -> 23 ms) while 2 threads gained < 15%.
-        self.num_threads = max(1, int(num_threads if num_threads is not None else 1))
+        self.num_threads = 1 if num_threads is None else int(num_threads)
+        if self.num_threads < 1:
+            raise ValueError(f"num_threads={num_threads!r}: give 1 or more threads (None = 1)")
         self._lut = self._build_lut()
         self._level_steps = self._exact_level_steps()
 
