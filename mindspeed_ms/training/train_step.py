@@ -8,7 +8,8 @@ how many.
 
 `OptimizerStep` is compiled once: it sums the accumulated gradients over the data-parallel ranks
 (AllReduce; the loss weights already hold the 1/N normalisation, so a sum is the right reduction),
-computes the global gradient norm, clips, and applies AdamW.
+computes the global gradient norm, clips, and applies AdamW (`ApplyGradients`, which `TrainStep`
+also ends with when there is one micro-batch per step).
 """
 from __future__ import annotations
 
@@ -75,12 +76,13 @@ class MicroStep(nn.Cell):
         return len(self.compile_cache)
 
 
-class OptimizerStep(nn.Cell):
-    """AllReduce (sum) over DP, global norm, clipping, AdamW. Returns (loss summed over DP, norm)."""
+class ApplyGradients(nn.Cell):
+    """What follows the backward pass in both step graphs: AllReduce (sum) of the gradients and of
+    `stats` over DP (the loss weights already hold the 1/N normalisation, so a sum is the right
+    reduction), global norm, clipping, AdamW. Returns (stats summed over DP, norm)."""
 
-    def __init__(self, accum: ParameterTuple, optimizer: AdamW, clip_grad: float, dp_size: int):
+    def __init__(self, optimizer: AdamW, clip_grad: float, dp_size: int):
         super().__init__(auto_prefix=False)
-        self.accum = accum
         self.optimizer = optimizer
         self.clip = GradNormClip(clip_grad)
         self.dp_size = dp_size
@@ -88,21 +90,34 @@ class OptimizerStep(nn.Cell):
             self.allreduce = ops.AllReduce(op=ops.ReduceOp.SUM)
         self.hyper_map = ops.HyperMap()
 
-    def construct(self, loss, decay_factor, step_size, bc2_sqrt):
-        grads = self.hyper_map(ops.partial(ops.mul, 1.0), self.accum)   # read the buffers into values
+    def construct(self, grads, stats, decay_factor, step_size, bc2_sqrt):
         if self.dp_size > 1:
             grads = self.hyper_map(self.allreduce, grads)
-            loss = self.allreduce(loss)
+            stats = self.allreduce(stats)
         grads, norm = self.clip(grads)
         updated = self.optimizer(grads, decay_factor, step_size, bc2_sqrt)
-        return ops.depend(loss, updated), norm
+        return ops.depend(stats, updated), norm
+
+
+class OptimizerStep(nn.Cell):
+    """The accumulated gradients through `ApplyGradients`. Returns (loss summed over DP, norm)."""
+
+    def __init__(self, accum: ParameterTuple, optimizer: AdamW, clip_grad: float, dp_size: int):
+        super().__init__(auto_prefix=False)
+        self.accum = accum
+        self.update = ApplyGradients(optimizer, clip_grad, dp_size)
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, loss, decay_factor, step_size, bc2_sqrt):
+        grads = self.hyper_map(ops.partial(ops.mul, 1.0), self.accum)   # read the buffers into values
+        return self.update(grads, loss, decay_factor, step_size, bc2_sqrt)
 
 
 class TrainStep(nn.Cell):
     """The whole step of one micro-batch per step (gradient accumulation 1, the common CPU case):
-    forward + backward, AllReduce over DP, global norm, clipping and AdamW in one graph. Without
-    accumulation buffers nothing is copied in or out of them: for the small benchmark config that
-    saves ~8 passes over the 151,936 x H embedding gradient and its buffer.
+    forward + backward and `ApplyGradients` in one graph. Without accumulation buffers nothing is
+    copied in or out of them: for the small benchmark config that saves ~8 passes over the
+    151,936 x H embedding gradient and its buffer.
     Returns ([loss, tokens] summed over DP, gradient norm)."""
 
     def __init__(self, loss_cell: nn.Cell, params: Sequence[Parameter], optimizer: AdamW, clip_grad: float,
@@ -110,24 +125,13 @@ class TrainStep(nn.Cell):
         super().__init__(auto_prefix=False)
         self.loss_cell = loss_cell
         self.weights = ParameterTuple(params)
-        self.optimizer = optimizer
-        self.clip = GradNormClip(clip_grad)
-        self.dp_size = dp_size
-        if dp_size > 1:
-            self.allreduce = ops.AllReduce(op=ops.ReduceOp.SUM)
+        self.update = ApplyGradients(optimizer, clip_grad, dp_size)
         self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
-        self.hyper_map = ops.HyperMap()
 
     def construct(self, decay_factor, step_size, bc2_sqrt, tokens, *batch):
         loss = self.loss_cell(*batch)
         grads = self.grad(self.loss_cell, self.weights)(*batch, ops.ones_like(loss))
-        stats = ops.stack((loss, tokens))
-        if self.dp_size > 1:
-            grads = self.hyper_map(self.allreduce, grads)
-            stats = self.allreduce(stats)
-        grads, norm = self.clip(grads)
-        updated = self.optimizer(grads, decay_factor, step_size, bc2_sqrt)
-        return ops.depend(stats, updated), norm
+        return self.update(grads, ops.stack((loss, tokens)), decay_factor, step_size, bc2_sqrt)
 
     @property
     def compilations(self) -> int:
