@@ -258,12 +258,7 @@ class ShardedTrainer(Trainer):
             self.log.print(f" > loaded stage {self.coords.pp} weights of {args.load} ({how}); starting at iteration 0")
             return
         self.iteration = int(ck.get("iteration", ck["tag"]))
-        sampler = ck.get("data_sampler")
-        self.consumed = int(sampler["consumed_samples"]) if sampler else self.iteration * self.gbs
-        if sampler is not None:
-            self.feed.load_state_dict(sampler)
-        else:
-            self.feed.skip_to(self.consumed)
+        self._restore_data_position(ck)
         if not args.no_load_optim:
             opt = ck.get("optimizer")
             if not (isinstance(opt, dict) and "exp_avg" in opt) or "opt_param_scheduler" not in ck:

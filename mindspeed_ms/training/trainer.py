@@ -142,12 +142,7 @@ class Trainer:
                            + (" (--finetune)" if args.finetune else ""))
             return
         self.iteration = ck["iteration"]
-        sampler = ck.get("data_sampler")
-        self.consumed = int(sampler["consumed_samples"]) if sampler else self.iteration * self.gbs
-        if sampler is not None:
-            self.feed.load_state_dict(sampler)
-        else:
-            self.feed.skip_to(self.consumed)
+        self._restore_data_position(ck)
         if not args.no_load_optim:
             if "optimizer" not in ck or "opt_param_scheduler" not in ck:
                 raise TrainingError(f"--load {args.load}: the checkpoint of iteration {ck['iteration']} has no "
@@ -160,6 +155,16 @@ class Trainer:
             set_rng_state(ck["rng_state"])
         self.log.print(f" > resumed from {args.load} at iteration {self.iteration} "
                        f"({self.consumed} consumed samples)")
+
+    def _restore_data_position(self, ck):
+        """Consumed samples and the feed's position from a checkpoint's sampler state (or, for a
+        checkpoint without one, `iteration` x global batch); `self.iteration` is already set."""
+        sampler = ck.get("data_sampler")
+        self.consumed = int(sampler["consumed_samples"]) if sampler else self.iteration * self.gbs
+        if sampler is not None:
+            self.feed.load_state_dict(sampler)
+        else:
+            self.feed.skip_to(self.consumed)
 
     def save(self):
         from mindspeed_ms.training.checkpointing import save_checkpoint
