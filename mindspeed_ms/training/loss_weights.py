@@ -74,5 +74,5 @@ def loss_rows(loss_weights: np.ndarray, multiple: int = 128) -> np.ndarray:
     32+ rows per chunk are split by rows, and the loss is bit-for-bit reproducible."""
     flat = np.asarray(loss_weights).reshape(-1)
     rows = np.flatnonzero(flat != 0)
-    pad = (-len(rows)) % multiple or (multiple if len(rows) == 0 else 0)
-    return np.concatenate([rows, np.full(pad, flat.size - 1)]).astype(np.int32)
+    size = -(-max(len(rows), 1) // multiple) * multiple       # at least one full multiple
+    return np.concatenate([rows, np.full(size - len(rows), flat.size - 1)]).astype(np.int32)
