@@ -17,32 +17,14 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
+from mindspeed_ms.models.layers.tiling import TiledSoftmax, tile_like
+
 # Additive mask value: exp(x - max) underflows to exactly 0 in fp32, and unlike -inf a fully
 # masked row (a padding query) stays finite instead of producing NaN.
 MASK_VALUE = -1e9
 BACKENDS = ("matmul", "flash")
 # FlashAttentionScore's compressed mask for sparse_mode 2/3: 1 (discard) above the diagonal
 FLASH_CAUSAL_MASK_SIZE = 2048
-
-
-class TiledSoftmax(nn.Cell):
-    """Softmax over the last axis whose gradient avoids broadcasting binary ops:
-    dx = y * (dy - tile(sum(dy * y))). MindSpore's own softmax gradient subtracts a [.., S, 1] row
-    sum from [.., S, S] by broadcasting, and on CPU each broadcasting kernel of that size keeps a
-    large internal buffer (measured ~75 MB beyond its 26 MB output for [2, 8, 640, 640], never
-    released) and runs ~5x slower with dynamic shapes than the same op on tiled operands."""
-
-    def __init__(self):
-        super().__init__()
-        self.softmax = ops.Softmax(axis=-1)
-        self.row_sum = ops.ReduceSum(keep_dims=True)
-
-    def construct(self, x):
-        return self.softmax(x)
-
-    def bprop(self, x, out, dout):
-        s = self.row_sum(dout * out, -1)
-        return (out * (dout - ops.tile(s, (1,) * (x.ndim - 1) + (x.shape[-1],))),)
 
 
 class CoreAttention(nn.Cell):
@@ -67,9 +49,8 @@ class CoreAttention(nn.Cell):
         self.cast = ops.Cast()
         self.reshape = ops.Reshape()
         self.transpose = ops.Transpose()
-        # CPU kernels: the mask tiled to the scores' shape and TiledSoftmax (see its docstring)
-        # instead of broadcasts over [S x S]; the shard plan turns this off, since under semi-auto
-        # parallel the sharded primitives above are the ones that must run
+        # CPU: the mask tiled to the scores' shape and TiledSoftmax instead of broadcasts over
+        # [S x S] (layers/tiling.py); the shard plan turns this off for the sharded primitives above
         self.tile_broadcasts = backend == "matmul"
         self.tiled_softmax = TiledSoftmax()
         if backend == "flash":
@@ -102,8 +83,7 @@ class CoreAttention(nn.Cell):
             scores = self.reshape(self.cast(scores, ms.float32), (b, self.num_kv_heads, self.rep, sq, sk))
             mask = self.reshape(mask, (mask.shape[0], 1, 1, sq, sk))
             if self.tile_broadcasts:
-                mask = ops.tile(mask, (b // mask.shape[0], self.num_kv_heads, self.rep, 1, 1))
-                probs = self.tiled_softmax(scores + mask)
+                probs = self.tiled_softmax(scores + tile_like(mask, scores))
             else:
                 probs = self.softmax(self.add_mask(scores, mask))
             probs = self.cast(probs, v.dtype)

@@ -4,6 +4,8 @@ import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import One, Zero, initializer
 
+from mindspeed_ms.models.layers.tiling import tile_like
+
 
 class LayerNorm(nn.Cell):
     def __init__(self, dim, eps=1e-6, dtype=ms.float32):
@@ -34,8 +36,8 @@ class RMSNorm(nn.Cell):
         self.mul = ops.Mul()
         self.mul_weight = ops.Mul()
         self.cast = ops.Cast()
-        # CPU: the [.., 1] statistic and the [H] weight are tiled to x's shape (same-shape kernels;
-        # see layers/attention.TiledSoftmax); the shard plan turns this off for its strategies
+        # CPU: the [.., 1] statistic and the [H] weight tiled to x's shape (layers/tiling.py); the
+        # shard plan turns this off for its strategies
         self.tile_broadcasts = True
 
     def construct(self, x):
@@ -45,8 +47,7 @@ class RMSNorm(nn.Cell):
         scale = self.rsqrt(self.add(var, self.eps))
         weight = self.weight
         if self.tile_broadcasts:
-            lead = x.shape[:-1]
-            scale = ops.tile(scale, (1,) * len(lead) + (x.shape[-1],))
-            weight = ops.tile(ops.reshape(weight, (1,) * len(lead) + (-1,)), lead + (1,))
+            scale = tile_like(scale, x)
+            weight = tile_like(ops.reshape(weight, (1,) * (x.ndim - 1) + (-1,)), x)
         x = self.mul(x, scale)
         return self.mul_weight(weight, self.cast(x, dtype))

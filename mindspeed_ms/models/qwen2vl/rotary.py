@@ -7,6 +7,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
+from mindspeed_ms.models.layers.tiling import tile_like
 from mindspeed_ms.models.qwen2vl.rope import text_rope_inv_freq, vision_rope_inv_freq
 
 
@@ -17,13 +18,11 @@ def rotate_half(x):
 
 def apply_rotary(x, cos, sin, tile=False):
     """x * cos + rotate_half(x) * sin in fp32, cast back to x's dtype. `tile` (CPU): cos/sin are
-    tiled to x's shape first, so the products are same-shape kernels (a broadcasting multiply keeps
-    a private buffer of several times its output on CPU; see layers/attention.TiledSoftmax)."""
+    tiled to x's shape first (same-shape products, models/layers/tiling.py)."""
     dtype = x.dtype
     x = ops.cast(x, ms.float32)
     if tile:
-        reps = tuple(x.shape[i] // cos.shape[i] for i in range(x.ndim))
-        cos, sin = ops.tile(cos, reps), ops.tile(sin, reps)
+        cos, sin = tile_like(cos, x), tile_like(sin, x)
     return ops.cast(x * cos + rotate_half(x) * sin, dtype)
 
 
