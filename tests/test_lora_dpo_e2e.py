@@ -31,6 +31,16 @@ def iteration_values(log, key):
     return [float(m) for m in re.findall(rf"{re.escape(key)}: ([-+0-9.E]+) \|", log)]
 
 
+def _write_data_json(template, d, train, val, cache, out):
+    """The example data.json `template` pointed at the files of `d / "pref"` and the HF dir `d / "hf"`."""
+    cfg = json.load(open(QWEN + "/" + template))
+    cfg["dataset_param"]["preprocess_parameters"]["model_name_or_path"] = str(d / "hf")
+    cfg["dataset_param"]["basic_parameters"].update(
+        dataset_dir=str(d / "pref"), dataset=str(d / "pref" / train), val_dataset=str(d / "pref" / val),
+        cache_dir=str(d / cache))
+    (d / out).write_text(json.dumps(cfg))
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny")
@@ -40,23 +50,13 @@ def tiny(tmp_path_factory):
         "--cfg.hf_config.hf_dir", str(d / "hf"), "--cfg.parallel_config.llm_pp_layers", "[[2]]",
         "--cfg.parallel_config.vit_pp_layers", "[[2]]", "--cfg.parallel_config.tp_size", "1"], cwd=d)
     sh([py, "-m", "mindspeed_ms.rl.make_preference_dataset", str(d / "pref"), "--train", "16", "--val", "4"], cwd=d)
-    pref = json.load(open(QWEN + "/data_tiny_dpo.json"))
-    bp = pref["dataset_param"]["basic_parameters"]
-    pref["dataset_param"]["preprocess_parameters"]["model_name_or_path"] = str(d / "hf")
-    bp.update(dataset_dir=str(d / "pref"), dataset=str(d / "pref" / "train.json"),
-              val_dataset=str(d / "pref" / "val.json"), cache_dir=str(d / "cache_dpo"))
-    (d / "data_dpo.json").write_text(json.dumps(pref))
+    _write_data_json("data_tiny_dpo.json", d, "train.json", "val.json", "cache_dpo", "data_dpo.json")
     # the same pictures as SFT samples (the right colour as the answer): one image size, one graph
     for split in ("train", "val"):
         rows = json.load(open(d / "pref" / f"{split}.json"))
         sft = [{"images": r["images"], "messages": r["messages"] + [r["chosen"]]} for r in rows]
         (d / "pref" / f"{split}_sft.json").write_text(json.dumps(sft))
-    sft = json.load(open(QWEN + "/data_tiny.json"))
-    bp = sft["dataset_param"]["basic_parameters"]
-    sft["dataset_param"]["preprocess_parameters"]["model_name_or_path"] = str(d / "hf")
-    bp.update(dataset_dir=str(d / "pref"), dataset=str(d / "pref" / "train_sft.json"),
-              val_dataset=str(d / "pref" / "val_sft.json"), cache_dir=str(d / "cache_sft"))
-    (d / "data_sft.json").write_text(json.dumps(sft))
+    _write_data_json("data_tiny.json", d, "train_sft.json", "val_sft.json", "cache_sft", "data_sft.json")
     return d
 
 
