@@ -1,6 +1,6 @@
 """Image preprocessing throughput: our Qwen2VLImageProcessor vs transformers' on the same images.
 
-    python benchmarks/preprocess_throughput.py [--num-images 200] [--smoke] [--max-pixels N]
+    python benchmarks/preprocess_throughput.py [--num-images 200] [--repeats 3] [--smoke] [--max-pixels N]
         [--num-threads N] [--sequential]
 
 Both processors get the same varied RGB images (sizes 10x10 .. 2000x1500, odd aspect ratios) in one
@@ -8,10 +8,13 @@ run, one image per call (one warm-up image first). By default each image goes th
 back to back and the outputs are compared and dropped (`--sequential`: each processor over the whole
 set in turn, all outputs held). `seconds` is the sum of each processor's call times. Prints a table
 and JSON lines (one per processor, one summary with the speed ratio, the max abs difference of the
-outputs and `identical`: equal grids and max |diff| exactly 0). `--smoke` runs 5 images (CI).
+outputs and `identical`: equal grids and max |diff| exactly 0). The whole comparison runs `--repeats` times on the
+same images; the summary gives the median speedup and the spread of the repeats (a shared machine's
+slow phases move single runs by ~10%). `--smoke` runs 5 images once (CI).
 """
 import argparse
 import json
+import statistics
 import sys
 import time
 
@@ -79,7 +82,8 @@ def positive_int(text):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--num-images", type=positive_int, default=200)
-    p.add_argument("--smoke", action="store_true", help="5 images (quick CI check)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="whole comparisons run; the summary is their median")
+    p.add_argument("--smoke", action="store_true", help="5 images, one repeat (quick CI check)")
     p.add_argument("--max-pixels", type=int, default=1003520, help="processor max_pixels (default 1280*28*28)")
     p.add_argument("--min-pixels", type=int, default=3136)
     p.add_argument("--num-threads", type=positive_int, default=None,
@@ -96,20 +100,31 @@ def main(argv=None):
     limits = dict(min_pixels=args.min_pixels, max_pixels=args.max_pixels)
     procs = [(Qwen2VLImageProcessor(num_threads=args.num_threads, **limits), {}),
              (HFProcessor(**limits), dict(return_tensors="np", input_data_format="channels_last"))]
-    (t_ours, t_hf), checks = (run_sequential if args.sequential else run_interleaved)(procs, images)
+    run = run_sequential if args.sequential else run_interleaved
+    repeats, checks = [], []
+    for _ in range(1 if args.smoke else args.repeats):
+        (t_ours, t_hf), res = run(procs, images)
+        repeats.append((t_ours, t_hf))
+        checks += res
     grids_equal = all(c[0] for c in checks)
     diff = max(c[1] for c in checks)
-    patches = sum(c[2] for c in checks)
-    rows = [{"processor": name, "images": n, "seconds": round(t, 4), "images_per_s": round(n / t, 2)}
-            for name, t in (("mindspeed_ms", t_ours), ("transformers", t_hf))]
-    summary = {"summary": True, "images": n, "num_threads": procs[0][0].num_threads, "patches": patches,
-               "speedup": round(t_hf / t_ours, 2),
+    patches = sum(c[2] for c in checks) // len(repeats)
+    speedups = sorted(t_hf / t_ours for t_ours, t_hf in repeats)
+    speedup = statistics.median(speedups)
+    t_ours, t_hf = (statistics.median(t[i] for t in repeats) for i in (0, 1))
+    rows = [{"processor": name, "images": n, "seconds": round(t, 4), "images_per_s": round(n / t, 2),
+             "seconds_by_repeat": [round(r[i], 4) for r in repeats]}
+            for i, (name, t) in enumerate((("mindspeed_ms", t_ours), ("transformers", t_hf)))]
+    summary = {"summary": True, "images": n, "repeats": len(repeats), "num_threads": procs[0][0].num_threads,
+               "patches": patches, "speedup": round(speedup, 2), "speedup_by_repeat": [round(x, 2) for x in speedups],
+               "spread": round((speedups[-1] - speedups[0]) / speedup, 3),
                "max_abs_diff": diff, "grids_equal": grids_equal, "identical": grids_equal and diff == 0.0,
                "method": "sequential" if args.sequential else "interleaved"}
-    print(f"{'processor':<14}{'images':>8}{'seconds':>10}{'images/s':>10}")
+    print(f"{'processor':<14}{'images':>8}{'seconds':>10}{'images/s':>10}   (medians of {len(repeats)} repeat(s))")
     for r in rows:
         print(f"{r['processor']:<14}{r['images']:>8}{r['seconds']:>10.3f}{r['images_per_s']:>10.1f}")
-    print(f"speedup x{summary['speedup']}  max|diff| {diff:.2e}  grids equal: {grids_equal}")
+    print(f"speedup x{summary['speedup']} (repeats: {', '.join(f'x{x:.2f}' for x in speedups)})  "
+          f"max|diff| {diff:.2e}  grids equal: {grids_equal}")
     for r in rows + [summary]:
         print(json.dumps(r))
     return 0 if summary["identical"] else 1

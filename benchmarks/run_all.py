@@ -24,7 +24,7 @@ ROOT = os.path.dirname(HERE)
 BENCHMARKS = {
     "train_tiny": (["train_throughput.py", "--config", "tiny"], "Training step, tiny config: ours vs HF + torch"),
     "train_small": (["train_throughput.py", "--config", "small"], "Training step, small config: ours vs HF + torch"),
-    "train_memory_seq1024": (["train_throughput.py", "--seq-length", "1024", "--rounds", "1", "--steps", "1", "--warmup", "1"],
+    "train_memory_seq1024": (["train_throughput.py", "--seq-length", "1024", "--rounds", "2", "--steps", "2", "--warmup", "2"],
                              "Peak memory at --seq-length 1024 (small config): chunked loss on vs off"),
     "preprocess": (["preprocess_throughput.py"], "Image preprocessing: ours vs HF Qwen2VLImageProcessor"),
     "convert_7b": (["convert_7b.py"], "mm-convert on Qwen2-VL-7B shapes"),
