@@ -194,7 +194,7 @@ class DPOTrainer(Trainer):
         self.log.pending = dict(zip(METRICS, (float(x) for x in stats[2:])))
         return float(stats[0]), float(norm.asnumpy()), lr, float(stats[1]) / self.gbs
 
-    def evaluate(self) -> Optional[float]:
+    def _validation_loss(self) -> Optional[float]:
         total, steps = 0.0, 0
         for micro_batches in self.feed.val_steps(self.args.eval_iters):
             loss = 0.0
