@@ -154,7 +154,8 @@ def test_feed_order_steps_are_global_batches():
         dp_step = [mb for f in feeds for mb in f._my_slices(f._next_global())]
         assert [list(x) for x in dp_step] == [list(x) for x in single._my_slices(single._next_global())]
     plain = DataFeed(400, lambda idx: idx, 4, 1, 0, 2, seed=9)
-    spread = lambda f: _mean_spread([mb for _ in range(40) for mb in f._my_slices(f._next_global())], lengths)  # noqa: E731
+    def spread(feed):
+        return _mean_spread([mb for _ in range(40) for mb in feed._my_slices(feed._next_global())], lengths)
     assert spread(DataFeed(400, lambda idx: idx, 4, 1, 0, 2, seed=9, order=order)) < 0.2 * spread(plain)
 
 

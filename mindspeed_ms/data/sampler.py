@@ -189,7 +189,8 @@ class StatefulDistributedSampler:
         for key in ("num_samples", "dp_size", "micro_batch_size", "seed", "shuffle", "sampler"):
             if key in state and state[key] != getattr(self, key):
                 raise ValueError(f"cannot resume the data position: the checkpoint has {key}={state[key]} but this run "
-                                 f"has {key}={getattr(self, key)} (same dataset, --seed, DP size, micro-batch size and sampler_type are needed)")
+                                 f"has {key}={getattr(self, key)} (same dataset, --seed, DP size, micro-batch size "
+                                 f"and sampler_type are needed)")
         self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
 
 
