@@ -149,6 +149,8 @@ def test_skips_are_counted(tok_dir, media, caplog):
         train, _ = build_datasets(make_cfg(tok_dir, media, path), seq_length=40)
     # sample 5 (b.jpg: 12 merged tokens + 2) fits 40 tokens once its text is cut, so it is kept
     assert train.skipped == 3 and len(train) == 3
+    # the length samplers' lengths: the token rows (image tokens included) of the kept samples
+    np.testing.assert_array_equal(train.lengths(), [len(r["input_ids"]) for r in train.rows])
     msg = caplog.text
     assert "skipped 3 sample(s)" in msg and "skips.json sample 2" in msg and "skips.json sample 3" in msg
     with caplog.at_level(logging.WARNING):
@@ -218,6 +220,7 @@ def test_validation_sets(tok_dir, media, tmp_path):
     assert len(train) == 15 and len(val) == 5
     train2, val2 = build_datasets(cfg, 512, seed=7)
     assert [r["input_ids"] for r in val.rows] == [r["input_ids"] for r in val2.rows]
+    np.testing.assert_array_equal(train.lengths(), [len(r["input_ids"]) for r in train.rows])
 
 
 def test_ranking_dataset(tok_dir, media):
@@ -236,3 +239,28 @@ def test_ranking_dataset(tok_dir, media):
     assert len(train) == 1 and train.skipped == 1  # even message count in a ranking sample
     s = train[0]
     assert {"chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels", "pixel_values"} <= set(s)
+    assert train.lengths().tolist() == [max(len(s["chosen_input_ids"]), len(s["rejected_input_ids"]))]
+
+
+def test_length_grouped_sampler_reaches_the_training_feed(tok_dir, media):
+    """data.json's sampler_type: LengthGroupedSampler -> pretrain_vlm.py's feed orders each
+    global batch longest first (one mega-batch per global batch for a set this small)."""
+    from types import SimpleNamespace
+
+    from mindspeed_ms.data.sampler import LengthGroupedOrder
+    from mindspeed_ms.training.build import build_feed
+    obj = {"dataset_param": {"dataset_type": "huggingface",
+                             "preprocess_parameters": {"model_name_or_path": tok_dir, "image_max_pixels": 128 * 128},
+                             "basic_parameters": {"template": "qwen2vl", "dataset_dir": str(media),
+                                                  "dataset": write(media / "t.json", MIXED * 4)},
+                             "attr": dict(MM_ATTR)},
+           "dataloader_param": {"sampler_type": "LengthGroupedSampler", "collate_param": {"model_name": "qwen2vl"}}}
+    args = SimpleNamespace(mm_data=write(media / "data.json", obj), seq_length=512, seed=5, micro_batch_size=2,
+                           data_parallel_size=1, grad_acc_steps=2)
+    feed = build_feed(args, None, 0)
+    assert isinstance(feed.order, LengthGroupedOrder) and feed.order.step_size == 4
+    lengths = build_datasets(load_data_json(args.mm_data), 512)[0].lengths()
+    order = feed.order(0)
+    assert sorted(order) == list(range(20)) and lengths.min() < lengths.max()
+    for k in range(5):
+        assert (np.diff(lengths[order[4 * k:4 * k + 4]]) <= 0).all()

@@ -18,7 +18,8 @@ from mindspeed_ms.peft.lora_merge import merge_lora_state_dict
 from mindspeed_ms.peft.lora_model import LoRAConfigError, apply_lora, target_matches
 from mindspeed_ms.training.loss_weights import make_loss_weights
 from mindspeed_ms.training.optimizer import AdamW
-from mindspeed_ms.training.train_step import LossCell, MicroStep, OptimizerStep, TRAIN_KEYS, make_accumulators
+from mindspeed_ms.training.train_step import (ForwardOnly, LossCell, MicroStep, OptimizerStep, TRAIN_KEYS,
+                                              inference_mode, make_accumulators)
 
 TARGETS = ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"]
 
@@ -148,13 +149,27 @@ def test_gate_turns_every_adapter_off(tiny):
     np.testing.assert_array_equal(_logits(lora_model, batch), on)     # back on after the block
 
 
-def test_adapter_dropout_is_active(tiny):
+def test_dropout_trains_but_validation_runs_without_it(tiny):
+    """--lora-dropout 0.5: every training pass draws a new mask; the validation Cell, compiled and
+    run in `inference_mode` as Trainer.evaluate does, is deterministic and equals the adapter
+    without dropout; the training graph keeps its dropout and compiles once."""
     cfg, base, _, batch = tiny
-    lora_model, adapters = _lora_copy(cfg, base, targets=["linear_fc2"], dropout=0.5)
-    for n, p in adapters.params.items():
-        if "lora_B" in n:
-            p.set_data(Tensor(np.full(p.shape, 0.05, np.float32)))
-    a, b = _logits(lora_model, batch), _logits(lora_model, batch)
-    assert np.abs(a - b).max() > 1e-6                     # a new dropout mask each call
-    with adapters.disabled():
-        np.testing.assert_array_equal(_logits(lora_model, batch), _logits(base, batch))
+    drop, adapters = _lora_copy(cfg, base, targets=["linear_fc2"], dropout=0.5)
+    plain, plain_adapters = _lora_copy(cfg, base, targets=["linear_fc2"])     # same seed, same A
+    for a in (adapters, plain_adapters):
+        for n, p in a.params.items():
+            if "lora_B" in n:
+                p.set_data(Tensor(np.full(p.shape, 0.05, np.float32)))
+    batch = dict(batch, loss_weights=make_loss_weights(batch["labels"], "default", 1, 1))
+    inputs = [Tensor(batch[k]) for k in TRAIN_KEYS]
+    trainable = [p for p in drop.get_parameters() if p.requires_grad]
+    micro = MicroStep(drop, trainable, make_accumulators(trainable))
+    train = lambda: float(micro(Tensor(True), *inputs).asnumpy())  # noqa: E731
+    t1, t2 = train(), train()
+    assert t1 != t2                                        # a new dropout mask each training pass
+    fwd = ForwardOnly(drop)
+    with inference_mode(drop):
+        v1, v2 = float(fwd(*inputs).asnumpy()), float(fwd(*inputs).asnumpy())
+    assert v1 == v2 == float(ForwardOnly(plain)(*inputs).asnumpy())
+    t3 = train()
+    assert t3 not in (t1, t2, v1) and micro.compilations == 1 and fwd.compilations == 1

@@ -231,6 +231,10 @@ def _check_values(cfg):
                               "'qwen2vl_dpo' collator and the 'qwen2vl_dpo' collator needs attr.ranking: true")
     if d.sampler_type not in SAMPLERS:
         raise DataConfigError(f"dataloader_param.sampler_type {d.sampler_type!r}: known samplers are {', '.join(SAMPLERS)}")
+    if b.streaming and d.sampler_type in ("LengthGroupedSampler", "BucketBatchSampler"):
+        raise DataConfigError(f"dataloader_param.sampler_type {d.sampler_type} groups samples by length, which a "
+                              f"stream cannot know before reading it: with streaming: true samples come in file "
+                              f"order (use stateful_distributed_sampler), or set streaming: false")
     if b.val_rate is not None and not (0 < b.val_rate < 1 or (b.val_rate >= 1 and float(b.val_rate).is_integer())):
         raise DataConfigError(f"basic_parameters.val_rate {b.val_rate}: use a fraction in (0, 1) or a sample count")
     if b.val_rate and b.streaming:

@@ -11,7 +11,8 @@ _LAZY = {
     "build_datasets": "dataset", "MultimodalDataset": "dataset", "StreamingMultimodalDataset": "dataset",
     "DataError": "dataset", "Qwen2VLCollator": "collator", "Qwen2VLDPOCollator": "collator",
     "build_collator": "collator", "loss_weights_for_mode": "collator", "StatefulDistributedSampler": "sampler",
-    "StreamingShardSampler": "sampler", "build_sampler": "sampler", "Qwen2VLTemplate": "template", "get_template": "template",
+    "StreamingShardSampler": "sampler", "LengthGroupedSampler": "sampler", "BucketBatchSampler": "sampler",
+    "build_sampler": "sampler", "Qwen2VLTemplate": "template", "get_template": "template",
     "load_tokenizer": "tokenizer",
 }
 __all__ = ["Qwen2VLImageProcessor", "smart_resize", *_LAZY]

@@ -180,6 +180,19 @@ class MultimodalDataset:
     def __getitem__(self, i):
         return materialize(self.rows[int(i)], self.cfg, self.processor)
 
+    def lengths(self):
+        """Token count of every sample (int64 array), for the length-grouping samplers. Preprocessing
+        already expanded each image / video placeholder to its merged-token count, so this is the
+        exact sequence the collator pads (vision included, each token standing for merge^2
+        patches), read from the Arrow column without decoding an image. Ranking rows put chosen
+        and rejected in one padded batch: their longer one counts."""
+        import pyarrow.compute as pc
+
+        cols = ["input_ids", "rejected_input_ids"] if self.ranking else ["input_ids"]
+        table = self.rows.select_columns(cols).with_format("arrow")[:]
+        counts = [pc.list_value_length(table[c]).to_numpy(zero_copy_only=False).astype(np.int64) for c in cols]
+        return np.maximum.reduce(counts)
+
 
 def materialize(row, cfg, processor):
     """A preprocessed row -> sample dict of numpy arrays (pixels computed here)."""

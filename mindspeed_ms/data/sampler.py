@@ -1,12 +1,121 @@
-"""Stateful distributed micro-batch sampling, resumable mid-epoch.
+"""Epoch orders and stateful distributed micro-batch sampling, resumable mid-epoch.
 
-Each epoch's order is a permutation drawn from `seed + epoch` (numpy PCG64, independent of any
-global RNG); DP rank r takes positions r, r + dp, r + 2*dp, ... of it, so ranks see disjoint
-shards, and yields them in micro-batches. `state_dict()` records the epoch and how many
-micro-batches this rank has consumed; `load_state_dict()` resumes with exactly the batches the
-uninterrupted run would have produced next.
+An *epoch order* is a permutation of the dataset indices drawn from `seed + epoch` (numpy PCG64,
+independent of any global RNG). Its consumer cuts it into *steps* of `step_size` consecutive
+positions (the training feed: one global batch; `StatefulDistributedSampler`: one micro-batch of
+every DP rank) and drops an incomplete last step, so only the first `n // step_size * step_size`
+positions are used (`drop_last`).
+
+- `EpochOrder`: the seeded shuffle, or the file order without shuffle.
+- `LengthGroupedOrder` (sampler_type `LengthGroupedSampler`, HF Trainer / LLaVA / MindSpeed-MM
+  semantics): the permutation's used part is split into mega-batches of `megabatch_steps` steps,
+  each mega-batch is sorted by length (longest first) and keeps its place, so consecutive
+  micro-batches, and with them every DP rank's micro-batch at a step, hold samples of similar
+  length. `megabatch_steps` defaults to HF's rule, min(50, steps per epoch // 4) and at least 1.
+  Mega-batches are whole steps so that a global batch never straddles two of them, and the rule
+  depends on the global batch size only (not on how it splits into DP ranks and accumulation
+  steps), so DP workers and one process with gradient accumulation still see the same
+  micro-batches (docs/architecture.md, "Sample order under data parallel").
+- `BucketBatchOrder` (sampler_type `BucketBatchSampler`): the same sorted windows, then cut into
+  steps and the steps shuffled over the whole epoch, so a step is drawn from one length bucket
+  but long and short steps alternate at random instead of running long-to-short in each window.
+
+The samples dropped by `drop_last` are chosen before grouping (the permutation's tail), so they
+are random ones rather than the shortest of the last window; they stay at the end of the order,
+ungrouped, for consumers that keep them (`drop_last: false`).
+
+`StatefulDistributedSampler` (and its length-grouped forms `LengthGroupedSampler`,
+`BucketBatchSampler`): DP rank r takes positions r, r + dp, r + 2*dp, ... of the epoch order, so
+ranks see disjoint shards, and yields them in micro-batches. `state_dict()` records the epoch and
+how many micro-batches this rank has consumed; `load_state_dict()` resumes with exactly the
+batches the uninterrupted run would have produced next.
 """
 import numpy as np
+
+# data.json sampler types that group by sample length (they need the preprocessed lengths)
+LENGTH_SAMPLERS = ("LengthGroupedSampler", "BucketBatchSampler")
+
+
+class EpochOrder:
+    """The seeded permutation of `num_samples` indices for an epoch, or the file order."""
+
+    def __init__(self, num_samples, seed=1234, shuffle=True):
+        if num_samples <= 0:
+            raise ValueError("the dataset is empty: nothing to sample")
+        self.num_samples, self.seed, self.shuffle = int(num_samples), seed, shuffle
+
+    def _permutation(self, rng):
+        return rng.permutation(self.num_samples) if self.shuffle else np.arange(self.num_samples)
+
+    def __call__(self, epoch):
+        return self._permutation(np.random.default_rng(self.seed + epoch))
+
+
+class LengthGroupedOrder(EpochOrder):
+    """Mega-batches of `megabatch_steps` steps, each sorted by length, longest first (module docstring)."""
+
+    def __init__(self, lengths, step_size, seed=1234, shuffle=True, megabatch_steps=None):
+        lengths = np.asarray(lengths)
+        super().__init__(len(lengths), seed, shuffle)
+        if lengths.ndim != 1 or (lengths < 0).any():
+            raise ValueError("sample lengths must be one non-negative number per sample")
+        if step_size <= 0:
+            raise ValueError(f"step_size must be positive, got {step_size}")
+        self.lengths, self.step_size = lengths, int(step_size)
+        self.steps = self.num_samples // self.step_size
+        if megabatch_steps is None:
+            megabatch_steps = min(50, max(1, self.steps // 4))
+        if megabatch_steps <= 0:
+            raise ValueError(f"megabatch_steps must be positive, got {megabatch_steps}")
+        self.megabatch_steps = int(megabatch_steps)
+
+    def _sorted_windows(self, head):
+        """`head` with each window of `megabatch_steps` steps sorted by length, longest first (a
+        stable sort, so equal lengths keep their random order)."""
+        w = self.megabatch_steps * self.step_size
+        return np.concatenate([win[np.argsort(-self.lengths[win], kind="stable")]
+                               for win in np.split(head, range(w, len(head), w))])
+
+    def _arrange(self, windows, rng):
+        return windows
+
+    def __call__(self, epoch):
+        rng = np.random.default_rng(self.seed + epoch)
+        order = self._permutation(rng)
+        used = self.steps * self.step_size
+        return np.concatenate([self._arrange(self._sorted_windows(order[:used]), rng), order[used:]])
+
+
+class BucketBatchOrder(LengthGroupedOrder):
+    """The sorted windows of `LengthGroupedOrder`, cut into steps, the steps shuffled over the epoch."""
+
+    def _arrange(self, windows, rng):
+        steps = windows.reshape(self.steps, self.step_size)
+        return (steps[rng.permutation(self.steps)] if self.shuffle else steps).reshape(-1)
+
+
+def _check_lengths(sampler_type, lengths, num_samples):
+    if lengths is None or len(lengths) != num_samples:
+        raise ValueError(f"sampler_type {sampler_type} needs one length per sample ({num_samples} samples), got "
+                         f"{'none' if lengths is None else len(lengths)}")
+
+
+def sample_order(sampler_type, shuffle, num_samples, seed, step_size, lengths=None):
+    """The `EpochOrder` for a data.json `sampler_type` (`SequentialSampler` never shuffles)."""
+    shuffle = shuffle and sampler_type != "SequentialSampler"
+    if sampler_type not in LENGTH_SAMPLERS:
+        return EpochOrder(num_samples, seed, shuffle)
+    _check_lengths(sampler_type, lengths, num_samples)
+    cls = LengthGroupedOrder if sampler_type == "LengthGroupedSampler" else BucketBatchOrder
+    return cls(lengths, step_size, seed, shuffle)
+
+
+def feed_order(cfg, dataset, seed, global_batch_size):
+    """The training feed's `EpochOrder` for a DataConfig's `dataloader_param` (steps = global
+    batches); a length sampler reads `dataset.lengths()`."""
+    d = cfg.dataloader_param
+    lengths = dataset.lengths() if d.sampler_type in LENGTH_SAMPLERS else None
+    return sample_order(d.sampler_type, d.shuffle, len(dataset), seed, global_batch_size, lengths)
 
 
 class StatefulDistributedSampler:
@@ -27,18 +136,14 @@ class StatefulDistributedSampler:
         self.num_samples, self.micro_batch_size = num_samples, micro_batch_size
         self.dp_size, self.dp_rank, self.seed = dp_size, dp_rank, seed
         self.shuffle, self.drop_last = shuffle, drop_last
+        self.epoch_order = EpochOrder(num_samples, seed, shuffle)
         self.epoch, self.batches_done = 0, 0
         if self.batches_per_epoch() == 0:
             raise ValueError(f"{num_samples} samples are fewer than one global step of micro-batches "
                              f"({micro_batch_size} x {dp_size} DP ranks)")
 
-    def _order(self, epoch):
-        if not self.shuffle:
-            return np.arange(self.num_samples)
-        return np.random.default_rng(self.seed + epoch).permutation(self.num_samples)
-
     def _rank_indices(self, epoch):
-        order = self._order(epoch)
+        order = self.epoch_order(epoch)
         per_rank = self.num_samples // self.dp_size
         if not self.drop_last and self.num_samples % self.dp_size:
             per_rank += 1  # pad by wrapping around, as torch's DistributedSampler does
@@ -71,17 +176,39 @@ class StatefulDistributedSampler:
         """Samples consumed by this rank in the current epoch."""
         return self.batches_done * self.micro_batch_size
 
+    @property
+    def sampler(self):
+        return type(self).__name__
+
     def state_dict(self):
         return {"epoch": self.epoch, "batches_done": self.batches_done, "seed": self.seed,
                 "num_samples": self.num_samples, "dp_size": self.dp_size,
-                "micro_batch_size": self.micro_batch_size, "shuffle": self.shuffle}
+                "micro_batch_size": self.micro_batch_size, "shuffle": self.shuffle, "sampler": self.sampler}
 
     def load_state_dict(self, state):
-        for key in ("num_samples", "dp_size", "micro_batch_size", "seed", "shuffle"):
+        for key in ("num_samples", "dp_size", "micro_batch_size", "seed", "shuffle", "sampler"):
             if key in state and state[key] != getattr(self, key):
                 raise ValueError(f"cannot resume the data position: the checkpoint has {key}={state[key]} but this run "
-                                 f"has {key}={getattr(self, key)} (same dataset, --seed, DP size and micro-batch size are needed)")
+                                 f"has {key}={getattr(self, key)} (same dataset, --seed, DP size, micro-batch size "
+                                 f"and sampler_type are needed)")
         self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
+
+
+class LengthGroupedSampler(StatefulDistributedSampler):
+    """`StatefulDistributedSampler` over a `LengthGroupedOrder`: a step is one micro-batch of every
+    DP rank, so each rank's micro-batch holds neighbours of a length-sorted mega-batch."""
+    order_class = LengthGroupedOrder
+
+    def __init__(self, lengths, micro_batch_size=1, dp_size=1, dp_rank=0, seed=1234, shuffle=True, drop_last=True,
+                 megabatch_steps=None):
+        super().__init__(len(lengths), micro_batch_size, dp_size, dp_rank, seed, shuffle, drop_last)
+        self.epoch_order = self.order_class(lengths, micro_batch_size * dp_size, seed, shuffle, megabatch_steps)
+
+
+class BucketBatchSampler(LengthGroupedSampler):
+    """`StatefulDistributedSampler` over a `BucketBatchOrder`: every step's micro-batches come from one
+    length bucket, the steps in seeded random order."""
+    order_class = BucketBatchOrder
 
 
 class StreamingShardSampler:
@@ -116,13 +243,18 @@ class StreamingShardSampler:
         self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
 
 
-def build_sampler(cfg, num_samples, micro_batch_size, dp_size=1, dp_rank=0, seed=1234):
+def build_sampler(cfg, num_samples, micro_batch_size, dp_size=1, dp_rank=0, seed=1234, lengths=None):
     """The sampler for a DataConfig's `dataloader_param`: `SequentialSampler` (or shuffle: false) keeps
-    file order; every other sampler_type is the seeded, resumable shuffle above; streaming datasets
-    get `StreamingShardSampler`. (LengthGroupedSampler / BucketBatchSampler do not group by length
-    here: the collator's length buckets already bound the shapes.)"""
+    file order; `LengthGroupedSampler` / `BucketBatchSampler` group by `lengths` (one per sample,
+    `MultimodalDataset.lengths()`); every other sampler_type is the seeded, resumable shuffle above.
+    Streaming datasets get `StreamingShardSampler` (data.json validation rejects a length sampler
+    with `streaming: true`: a stream's lengths are unknown before it is read)."""
     d = cfg.dataloader_param
     if cfg.basic_parameters.streaming:
         return StreamingShardSampler(micro_batch_size, dp_size, dp_rank)
     shuffle = d.shuffle and d.sampler_type != "SequentialSampler"
+    if d.sampler_type in LENGTH_SAMPLERS:
+        _check_lengths(d.sampler_type, lengths, num_samples)
+        cls = LengthGroupedSampler if d.sampler_type == "LengthGroupedSampler" else BucketBatchSampler
+        return cls(lengths, micro_batch_size, dp_size, dp_rank, seed, shuffle, d.drop_last)
     return StatefulDistributedSampler(num_samples, micro_batch_size, dp_size, dp_rank, seed, shuffle, d.drop_last)

@@ -53,8 +53,9 @@ class LoRALinear(nn.Cell):
         self.use_dropout = dropout > 0
         self.dropout = nn.Dropout(p=dropout) if self.use_dropout else None
         if self.use_dropout:
-            # Cells start in inference mode, where nn.Dropout is the identity; nothing in the loop
-            # switches modes, so the adapter's dropout is always on (validation passes included)
+            # Cells start in inference mode, where nn.Dropout is the identity: an adapter is built
+            # for training, so its dropout starts on; validation compiles its own graph inside
+            # `training.train_step.inference_mode`, where it is off (the mode is read at compile time)
             self.dropout.set_train(True)
         self.matmul_a = ops.MatMul(transpose_b=True)
         self.matmul_b = ops.MatMul(transpose_b=True)

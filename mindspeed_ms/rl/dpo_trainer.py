@@ -112,6 +112,7 @@ def build_dpo_feed(args, startup, rank: int):
     from mindspeed_ms.config.data_config import load_data_json
     from mindspeed_ms.data.collator import build_collator
     from mindspeed_ms.data.dataset import build_datasets
+    from mindspeed_ms.data.sampler import feed_order
     from mindspeed_ms.training.data_feed import DataFeed
 
     cfg = load_data_json(args.mm_data)
@@ -127,8 +128,9 @@ def build_dpo_feed(args, startup, rank: int):
     if cfg.basic_parameters.streaming:
         from mindspeed_ms.training.data_feed import StreamFeed
         return StreamFeed(train, val, collator, **common)
-    shuffle = dl.shuffle and dl.sampler_type != "SequentialSampler"
-    return DataFeed(len(train), lambda idx: collator([train[i] for i in idx]), seed=args.seed, shuffle=shuffle,
+    gbs = args.micro_batch_size * args.data_parallel_size * args.grad_acc_steps
+    return DataFeed(len(train), lambda idx: collator([train[i] for i in idx]), seed=args.seed,
+                    order=feed_order(cfg, train, args.seed, gbs),
                     val_num_samples=len(val) if val is not None else 0,
                     make_val_batch=(lambda idx: collator([val[i] for i in idx])) if val is not None else None,
                     source=f"the training set of {args.mm_data}", **common)
@@ -192,7 +194,7 @@ class DPOTrainer(Trainer):
         self.log.pending = dict(zip(METRICS, (float(x) for x in stats[2:])))
         return float(stats[0]), float(norm.asnumpy()), lr, float(stats[1]) / self.gbs
 
-    def evaluate(self) -> Optional[float]:
+    def _validation_loss(self) -> Optional[float]:
         total, steps = 0.0, 0
         for micro_batches in self.feed.val_steps(self.args.eval_iters):
             loss = 0.0

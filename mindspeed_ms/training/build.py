@@ -54,11 +54,13 @@ def build_feed(args, startup, rank: int, collator_options=None):
     collator's keyword arguments (the sharded path's fixed shapes, `training.sharded_trainer`).
 
     Sample order: `shuffle` of dataloader_param (SequentialSampler never shuffles), seeded by --seed;
-    the Megatron micro-batch partition of `DataFeed` (see its docstring) is used for every
+    LengthGroupedSampler / BucketBatchSampler group it by sample length (`data.sampler.feed_order`).
+    The Megatron micro-batch partition of `DataFeed` (see its docstring) is used for every
     sampler_type, so DP and single-process runs partition each global batch the same way."""
     from mindspeed_ms.config.data_config import load_data_json
     from mindspeed_ms.data.collator import build_collator
     from mindspeed_ms.data.dataset import build_datasets
+    from mindspeed_ms.data.sampler import feed_order
     from mindspeed_ms.training.data_feed import DataFeed, StreamFeed
 
     cfg = load_data_json(args.mm_data)
@@ -68,12 +70,13 @@ def build_feed(args, startup, rank: int, collator_options=None):
                          f"for preference training; use posttrain_qwen2vl_dpo.py with it")
     train, val = build_datasets(cfg, args.seq_length, seed=args.seed)
     collator = build_collator(cfg, args.seq_length, **(collator_options(train, cfg) if collator_options else {}))
-    shuffle = dl.shuffle and dl.sampler_type != "SequentialSampler"
     common = dict(micro_batch_size=args.micro_batch_size, dp_size=args.data_parallel_size, dp_rank=rank,
                   grad_acc_steps=args.grad_acc_steps)
     if cfg.basic_parameters.streaming:
         return StreamFeed(train, val, collator, **common)
-    return DataFeed(len(train), lambda idx: collator([train[i] for i in idx]), seed=args.seed, shuffle=shuffle,
+    gbs = args.micro_batch_size * args.data_parallel_size * args.grad_acc_steps
+    return DataFeed(len(train), lambda idx: collator([train[i] for i in idx]), seed=args.seed,
+                    order=feed_order(cfg, train, args.seed, gbs),
                     val_num_samples=len(val) if val is not None else 0,
                     make_val_batch=(lambda idx: collator([val[i] for i in idx])) if val is not None else None,
                     source=f"the training set of {args.mm_data}", **common)

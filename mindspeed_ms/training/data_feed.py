@@ -1,16 +1,20 @@
 """Global batches -> this rank's micro-batches, in Megatron's order, with a resumable position.
 
-The epoch order is a permutation seeded by (--seed, epoch) (or the file order without shuffle).
-Iteration k takes samples [k*GBS, (k+1)*GBS) of it (an incomplete last global batch is dropped,
-as with drop_last); micro-step i of DP rank r takes the slice [(i*DP + r)*mbs, (i*DP + r + 1)*mbs).
-So a single process with gradient accumulation and DP ranks without it see the same micro-batch
-partition of every global batch, and a resumed run continues at the same sample.
+The epoch order is a permutation seeded by (--seed, epoch) (or the file order without shuffle), or
+with data.json's `LengthGroupedSampler` / `BucketBatchSampler` one grouped by sample length
+(`data.sampler`, whose steps are global batches here). Iteration k takes samples [k*GBS, (k+1)*GBS)
+of it (an incomplete last global batch is dropped, as with drop_last); micro-step i of DP rank r
+takes the slice [(i*DP + r)*mbs, (i*DP + r + 1)*mbs). So a single process with gradient
+accumulation and DP ranks without it see the same micro-batch partition of every global batch,
+and a resumed run continues at the same sample.
 """
 from __future__ import annotations
 
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
+
+from mindspeed_ms.data.sampler import EpochOrder
 
 Batch = Dict[str, np.ndarray]
 
@@ -19,14 +23,17 @@ class DataFeed:
     def __init__(self, num_samples: int, make_batch: Callable[[Sequence[int]], Batch], micro_batch_size: int,
                  dp_size: int, dp_rank: int, grad_acc_steps: int, seed: int, shuffle: bool = True,
                  val_num_samples: int = 0, make_val_batch: Optional[Callable[[Sequence[int]], Batch]] = None,
-                 source: str = "the training set"):
+                 source: str = "the training set", order: Optional[Callable[[int], np.ndarray]] = None):
+        """`order(epoch)` -> the epoch's permutation of the sample indices; default the seeded
+        shuffle (`data.sampler.EpochOrder`)."""
         self.n, self.make_batch = int(num_samples), make_batch
         self.mbs, self.dp, self.rank, self.ga = micro_batch_size, dp_size, dp_rank, grad_acc_steps
         self.gbs = micro_batch_size * dp_size * grad_acc_steps
         if self.n < self.gbs:
             raise ValueError(f"{source} has {self.n} samples, fewer than one global batch ({self.gbs}); lower "
                              f"--global-batch-size or add data")
-        self.seed, self.shuffle = seed, shuffle
+        self.seed = seed
+        self.order = order or EpochOrder(self.n, seed, shuffle)
         self.val_n, self.make_val_batch = int(val_num_samples), make_val_batch
         self.epoch, self.position = 0, 0
         self._order = None
@@ -35,8 +42,7 @@ class DataFeed:
     # ---- order and position ----------------------------------------------------------------------
     def _epoch_order(self) -> np.ndarray:
         if self._order is None:
-            self._order = (np.random.default_rng(self.seed + self.epoch).permutation(self.n) if self.shuffle
-                           else np.arange(self.n))
+            self._order = self.order(self.epoch)
         return self._order
 
     def _next_global(self) -> np.ndarray:

@@ -156,7 +156,7 @@ class ShardedTrainer(Trainer):
         tokens = self._world_sum([sum(float(np.asarray(mb["attention_mask"]).sum()) for mb in micro_batches)])[0]
         return float(loss.asnumpy()), float(norm.asnumpy()), lr, tokens / self.gbs
 
-    def evaluate(self):
+    def _validation_loss(self):
         self._check_not_dry("evaluate")
         total, steps = 0.0, 0
         for micro_batches in self.feed.val_steps(self.args.eval_iters):

@@ -13,6 +13,7 @@ also ends with when there is one micro-batch per step).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import mindspore as ms
@@ -141,6 +142,23 @@ class TrainStep(nn.Cell):
 def make_accumulators(params: Sequence[Parameter]) -> ParameterTuple:
     return ParameterTuple([Parameter(ops.zeros(p.shape, ms.float32), name="grad_acc." + p.name,
                                      requires_grad=False) for p in params])
+
+
+@contextlib.contextmanager
+def inference_mode(cell: nn.Cell):
+    """Every sub-cell of `cell` in training mode (the LoRA adapters' dropout) is switched to
+    inference mode for the block, then back. GRAPH mode reads the mode when a top-level Cell is
+    compiled, so a validation Cell first called inside the block compiles without dropout while the
+    training step Cells, compiled and called outside it, keep theirs, and no graph recompiles. Only
+    the flagged cells are touched (not `set_train`, which would also switch their children)."""
+    training = [c for _, c in cell.cells_and_names() if c.training]
+    for c in training:
+        c.add_flags(training=False)
+    try:
+        yield
+    finally:
+        for c in training:
+            c.add_flags(training=True)
 
 
 class ForwardOnly(nn.Cell):

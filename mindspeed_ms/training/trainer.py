@@ -250,6 +250,13 @@ class Trainer:
         return loss, float(norm.asnumpy()), lr, tok / self.gbs
 
     def evaluate(self) -> Optional[float]:
+        """Mean validation loss over up to --eval-iters global batches, the model in inference mode
+        (no LoRA dropout; `train_step.inference_mode`); None without validation batches."""
+        from mindspeed_ms.training.train_step import inference_mode
+        with inference_mode(self.model):
+            return self._validation_loss()
+
+    def _validation_loss(self) -> Optional[float]:
         args, ms = self.args, self.ms
         total, steps = 0.0, 0
         for micro_batches in self.feed.val_steps(args.eval_iters):
