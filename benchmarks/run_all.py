@@ -6,9 +6,9 @@
     python benchmarks/run_all.py --only train_tiny preprocess --out /tmp/RESULTS.md
 
 Benchmarks: train_tiny, train_small (train_throughput.py --config ...), train_memory_seq1024
-(train_throughput.py --seq-length 1024), preprocess (preprocess_throughput.py), convert_7b. Each
-runs in its own process, one after the other; its printed table and JSON lines go into the report
-unchanged. A failing benchmark is reported with its exit code and the script exits non-zero.
+(train_throughput.py --seq-length 1024), preprocess and preprocess_2threads (preprocess_throughput.py),
+convert_7b. Each runs in its own process, one after the other; its printed table and JSON lines go
+into the report unchanged. A failing benchmark is reported with its exit code and the script exits non-zero.
 """
 import argparse
 import datetime
@@ -27,6 +27,8 @@ BENCHMARKS = {
     "train_memory_seq1024": (["train_throughput.py", "--seq-length", "1024", "--rounds", "2", "--steps", "2", "--warmup", "2"],
                              "Peak memory at --seq-length 1024 (small config): chunked loss on vs off"),
     "preprocess": (["preprocess_throughput.py"], "Image preprocessing: ours vs HF Qwen2VLImageProcessor"),
+    "preprocess_2threads": (["preprocess_throughput.py", "--num-threads", "2"],
+                            "Image preprocessing, ours with num_threads=2 (opt-in) vs HF (one thread)"),
     "convert_7b": (["convert_7b.py"], "mm-convert on Qwen2-VL-7B shapes"),
 }
 
