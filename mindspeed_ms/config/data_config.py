@@ -129,6 +129,8 @@ TEMPLATES = ("qwen2vl", "qwen2_vl")
 COLLATORS = ("qwen2vl", "qwen2vl_dpo")
 SAMPLERS = ("stateful_distributed_sampler", "BaseRandomBatchSampler", "LengthGroupedSampler",
             "BucketBatchSampler", "SequentialSampler")
+# the sampler types that group by sample length (they need the preprocessed lengths)
+LENGTH_SAMPLERS = ("LengthGroupedSampler", "BucketBatchSampler")
 
 
 def split_dataset_list(value):
@@ -231,7 +233,7 @@ def _check_values(cfg):
                               "'qwen2vl_dpo' collator and the 'qwen2vl_dpo' collator needs attr.ranking: true")
     if d.sampler_type not in SAMPLERS:
         raise DataConfigError(f"dataloader_param.sampler_type {d.sampler_type!r}: known samplers are {', '.join(SAMPLERS)}")
-    if b.streaming and d.sampler_type in ("LengthGroupedSampler", "BucketBatchSampler"):
+    if b.streaming and d.sampler_type in LENGTH_SAMPLERS:
         raise DataConfigError(f"dataloader_param.sampler_type {d.sampler_type} groups samples by length, which a "
                               f"stream cannot know before reading it: with streaming: true samples come in file "
                               f"order (use stateful_distributed_sampler), or set streaming: false")

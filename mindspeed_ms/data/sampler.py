@@ -32,8 +32,7 @@ batches the uninterrupted run would have produced next.
 """
 import numpy as np
 
-# data.json sampler types that group by sample length (they need the preprocessed lengths)
-LENGTH_SAMPLERS = ("LengthGroupedSampler", "BucketBatchSampler")
+from mindspeed_ms.config.data_config import LENGTH_SAMPLERS
 
 
 class EpochOrder:
@@ -100,14 +99,20 @@ def _check_lengths(sampler_type, lengths, num_samples):
                          f"{'none' if lengths is None else len(lengths)}")
 
 
+_LENGTH_ORDERS = {"LengthGroupedSampler": LengthGroupedOrder, "BucketBatchSampler": BucketBatchOrder}
+
+
+def _shuffles(sampler_type, shuffle):
+    return shuffle and sampler_type != "SequentialSampler"
+
+
 def sample_order(sampler_type, shuffle, num_samples, seed, step_size, lengths=None):
     """The `EpochOrder` for a data.json `sampler_type` (`SequentialSampler` never shuffles)."""
-    shuffle = shuffle and sampler_type != "SequentialSampler"
+    shuffle = _shuffles(sampler_type, shuffle)
     if sampler_type not in LENGTH_SAMPLERS:
         return EpochOrder(num_samples, seed, shuffle)
     _check_lengths(sampler_type, lengths, num_samples)
-    cls = LengthGroupedOrder if sampler_type == "LengthGroupedSampler" else BucketBatchOrder
-    return cls(lengths, step_size, seed, shuffle)
+    return _LENGTH_ORDERS[sampler_type](lengths, step_size, seed, shuffle)
 
 
 def feed_order(cfg, dataset, seed, global_batch_size):
@@ -252,9 +257,9 @@ def build_sampler(cfg, num_samples, micro_batch_size, dp_size=1, dp_rank=0, seed
     d = cfg.dataloader_param
     if cfg.basic_parameters.streaming:
         return StreamingShardSampler(micro_batch_size, dp_size, dp_rank)
-    shuffle = d.shuffle and d.sampler_type != "SequentialSampler"
+    shuffle = _shuffles(d.sampler_type, d.shuffle)
     if d.sampler_type in LENGTH_SAMPLERS:
         _check_lengths(d.sampler_type, lengths, num_samples)
-        cls = LengthGroupedSampler if d.sampler_type == "LengthGroupedSampler" else BucketBatchSampler
+        cls = {"LengthGroupedSampler": LengthGroupedSampler, "BucketBatchSampler": BucketBatchSampler}[d.sampler_type]
         return cls(lengths, micro_batch_size, dp_size, dp_rank, seed, shuffle, d.drop_last)
     return StatefulDistributedSampler(num_samples, micro_batch_size, dp_size, dp_rank, seed, shuffle, d.drop_last)
