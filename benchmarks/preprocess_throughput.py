@@ -84,8 +84,8 @@ def main(argv=None):
     p.add_argument("--num-images", type=positive_int, default=200)
     p.add_argument("--repeats", type=positive_int, default=3, help="whole comparisons run; the summary is their median")
     p.add_argument("--smoke", action="store_true", help="5 images, one repeat (quick CI check)")
-    p.add_argument("--max-pixels", type=int, default=1003520, help="processor max_pixels (default 1280*28*28)")
-    p.add_argument("--min-pixels", type=int, default=3136)
+    p.add_argument("--max-pixels", type=positive_int, default=1003520, help="processor max_pixels (default 1280*28*28)")
+    p.add_argument("--min-pixels", type=positive_int, default=3136)
     p.add_argument("--num-threads", type=positive_int, default=None,
                    help="threads our processor may use for one large image (default: its own default, 1)")
     p.add_argument("--sequential", action="store_true",

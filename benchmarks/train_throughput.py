@@ -301,13 +301,29 @@ def memory(a):
     return 0 if summary["same_loss"] else 1
 
 
+def at_least(low, what=""):
+    """argparse type: an int >= low (a clear usage error instead of a crash in a worker)."""
+    def parse(text):
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text}: give a whole number of at least {low}{what}")
+        return value
+    parse.__name__ = "int"   # argparse names it in "invalid int value"
+    return parse
+
+
+# memory mode: two images take 2 x (64 + 2) tokens; the rest is text, half of it labelled
+MIN_SEQ_LENGTH = 160
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", choices=("tiny", "small"), default="tiny")
-    p.add_argument("--rounds", type=int, default=3, help="A B alternations (each a fresh process per impl)")
-    p.add_argument("--steps", type=int, default=4, help="timed steps per run")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per run (the first compiles)")
-    p.add_argument("--seq-length", type=int, default=None,
+    p.add_argument("--rounds", type=at_least(1), default=3, help="A B alternations (each a fresh process per impl)")
+    p.add_argument("--steps", type=at_least(1), default=4, help="timed steps per run")
+    p.add_argument("--warmup", type=at_least(0), default=2, help="untimed steps per run (the first compiles)")
+    p.add_argument("--seq-length", type=at_least(MIN_SEQ_LENGTH, " (two 224x224 images are 132 tokens)"),
+                   default=None,
                    help="memory mode: small config at this many tokens per sample, chunked loss on vs off")
     p.add_argument("--smoke", action="store_true", help="one run each, 1 warm-up + 1 timed step (CI)")
     p.add_argument("--worker", choices=("ours", "hf"), help=argparse.SUPPRESS)
