@@ -98,6 +98,11 @@ def test_config_errors(tmp_path):
     bad["dataset_param"]["basic_parameters"]["train_on_prompt"] = "yes"
     with pytest.raises(DataConfigError, match="train_on_prompt: expected bool"):
         load_data_json(write(tmp_path / "t.json", bad))
+    for key, value in (("image_max_pixels", 0), ("video_min_pixels", 10 ** 9)):
+        bad = json.loads(json.dumps(base))
+        bad["dataset_param"]["preprocess_parameters"][key] = value
+        with pytest.raises(DataConfigError, match=f"p.json.*{key.split('_')[0]}_min_pixels .*need 0 <="):
+            load_data_json(write(tmp_path / "p.json", bad))
     (tmp_path / "trunc.json").write_text(json.dumps(base)[:-20])
     with pytest.raises(DataConfigError, match="trunc.json: not valid JSON"):
         load_data_json(str(tmp_path / "trunc.json"))

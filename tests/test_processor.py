@@ -80,6 +80,14 @@ def test_pil_pass_order_matches_pil_resize():
                                       np.asarray(img.resize((nw, nh), Image.BICUBIC)), err_msg=f"{w}x{h}->{nw}x{nh}")
 
 
+@pytest.mark.parametrize("limits", [dict(max_pixels=0), dict(min_pixels=-1), dict(min_pixels=10 ** 6, max_pixels=10 ** 5)])
+def test_rejects_impossible_pixel_limits(limits):
+    with pytest.raises(ValueError, match="need 0 <= min_pixels <= max_pixels"):
+        Qwen2VLImageProcessor(**limits)(images=[rgb(64, 48, 1)])
+    with pytest.raises(ValueError, match="need 0 <= min_pixels <= max_pixels"):
+        Qwen2VLImageProcessor()(images=[rgb(64, 48, 1)], **limits)
+
+
 @pytest.mark.parametrize("threads", [0, -2])
 def test_rejects_thread_counts_below_one(threads):
     with pytest.raises(ValueError, match=f"num_threads={threads}"):

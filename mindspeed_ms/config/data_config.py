@@ -246,8 +246,11 @@ def _check_values(cfg):
         v = getattr(b, name)
         if v is not None and v <= 0:
             raise DataConfigError(f"basic_parameters.{name} must be positive or null, got {v}")
-    if p.image_max_pixels <= 0 or p.video_max_pixels <= 0:
-        raise DataConfigError("preprocess_parameters.image_max_pixels / video_max_pixels must be positive")
+    for kind in ("image", "video"):
+        low, high = getattr(p, f"{kind}_min_pixels"), getattr(p, f"{kind}_max_pixels")
+        if high <= 0 or not 0 <= low <= high:
+            raise DataConfigError(f"preprocess_parameters.{kind}_min_pixels {low} / {kind}_max_pixels {high}: need "
+                                  f"0 <= {kind}_min_pixels <= {kind}_max_pixels and {kind}_max_pixels > 0")
     if p.video_fps <= 0 or p.video_maxlen <= 0:
         raise DataConfigError("preprocess_parameters.video_fps and video_maxlen must be positive")
 

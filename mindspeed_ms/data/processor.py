@@ -101,6 +101,9 @@ def _pool(workers):
 def smart_resize(height, width, factor=28, min_pixels=56 * 56, max_pixels=14 * 14 * 4 * 1280):
     """Target (h, w): multiples of `factor`, pixel count within [min_pixels, max_pixels], aspect kept.
     Same arithmetic as HF's `smart_resize` (Python floats, round-half-even `round`)."""
+    if not 0 <= min_pixels <= max_pixels or max_pixels <= 0:
+        raise ValueError(f"min_pixels={min_pixels}, max_pixels={max_pixels}: need 0 <= min_pixels <= max_pixels and "
+                         f"max_pixels > 0")
     if min(height, width) <= 0:
         raise ValueError(f"image size {width}x{height} is empty")
     if max(height, width) / min(height, width) > 200:
