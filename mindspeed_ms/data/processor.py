@@ -156,9 +156,10 @@ class Qwen2VLImageProcessor:
         self.do_convert_rgb = do_convert_rgb
         self.patch_size, self.temporal_patch_size, self.merge_size = patch_size, temporal_patch_size, merge_size
         # Threads for one large image (resampling and patchifying in strips; same output for any count).
-        # Default 1: on the 2-core development machine, shared with training, 2 threads were slower
-        # (3.0-3.6 s vs 2.8 s for the 200 benchmark images); on an idle 16-core machine 4 threads
-        # halved the time of a 2000x1500 image (46 -> 23 ms) while 2 threads gained < 15%.
+        # Default 1: data loading already runs one processor per worker, and on the 2-core
+        # development machine 2 threads gained nothing over the 200 benchmark images (3.00 vs 3.07 s,
+        # most images are below the per-thread floor); on an idle 16-core machine 4 threads halved
+        # the time of a 2000x1500 image (46 -> 23 ms).
         self.num_threads = 1 if num_threads is None else int(num_threads)
         if self.num_threads < 1:
             raise ValueError(f"num_threads={num_threads!r}: give 1 or more threads (None = 1)")
