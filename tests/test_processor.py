@@ -18,11 +18,15 @@ def _hf_input(img):
     return to_rgb(img) if img.mode.startswith("I") else img
 
 
+@pytest.mark.parametrize("path", ["compiled", "pil"])
 @pytest.mark.parametrize("limits", LIMITS, ids=["released", "small"])
-def test_images_equal_hf(limits):
+def test_images_equal_hf(limits, path):
     imgs = varied_images()
     assert len(imgs) >= 30
     ours, ref = Qwen2VLImageProcessor(**limits), HFProcessor(**limits)
+    assert ours._compiled  # numba is a dependency: the default processor takes the compiled resize
+    if path == "pil":
+        ours.__dict__["_compiled"] = False  # PIL's resize + numpy (other patch sizes, no numba)
     for name, img in imgs:
         if max(img.size) / min(img.size) > 200:
             with pytest.raises(ValueError, match="aspect ratio"):
@@ -34,6 +38,77 @@ def test_images_equal_hf(limits):
         assert a["pixel_values"].shape == b["pixel_values"].shape, name
         np.testing.assert_array_equal(a["image_grid_thw"], b["image_grid_thw"], err_msg=name)
         np.testing.assert_array_equal(a["pixel_values"], b["pixel_values"], err_msg=name)  # bit-identical
+
+
+def _pil_coefficients(in_size, out_size):
+    """Resample.c's precompute_coeffs + normalize_coeffs_8bpc (bicubic), as its scalar loops."""
+    def bicubic(x):
+        x = abs(x)
+        return (1.5 * x - 2.5) * x * x + 1 if x < 1.0 else ((((x - 5) * x + 8) * x - 4) * -0.5 if x < 2.0 else 0.0)
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 2.0 * filterscale
+    bounds, taps = [], []
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), in_size) - xmin
+        w = [bicubic((x + xmin - center + 0.5) * (1.0 / filterscale)) for x in range(xmax)]
+        ww = 0.0
+        for v in w:
+            ww += v
+        w = [v / ww if ww != 0.0 else v for v in w]
+        taps.append([int(-0.5 + v * (1 << 22)) if v < 0 else int(0.5 + v * (1 << 22)) for v in w])
+        bounds.append((xmin, xmax))
+    return bounds, taps
+
+
+def test_compiled_resize_coefficients_equal_pil_loops():
+    """The vectorized coefficients equal Resample.c's loops on up-, down- and strong down-scales."""
+    from mindspeed_ms.data.resample import bicubic_coefficients
+
+    rng = np.random.default_rng(5)
+    for a, b in [(10, 56), (3000, 28), (1500, 1484), (40, 56), (2000, 700), (7, 7)] + \
+            [tuple(int(v) for v in rng.integers(1, 2500, 2)) for _ in range(40)]:
+        bounds, taps = bicubic_coefficients(a, b)
+        want_bounds, want_taps = _pil_coefficients(a, b)
+        assert bounds.tolist() == [list(x) for x in want_bounds], (a, b)
+        for row, want, (_, n) in zip(taps.tolist(), want_taps, want_bounds):
+            assert row[:n] == want and not any(row[n:]), (a, b)
+
+
+def test_compiled_resize_equals_pil_on_random_sizes():
+    """The compiled resize + layout equals PIL's resize reordered, in every pass order, including
+    strips of merge-block rows computed on their own (what threads run)."""
+    from mindspeed_ms.data import resample
+    from mindspeed_ms.data.processor import _vertical_first
+
+    rng = np.random.default_rng(6)
+    levels = np.tile(np.arange(256, dtype=np.float32), (3, 1))
+    orders = set()
+    for i in range(60):
+        h, w = (int(v) for v in rng.integers(1, 300, 2))
+        nh, nw = (28 * int(v) for v in rng.integers(1, 12, 2))
+        if i % 6 == 0:
+            h = nh
+        if i % 7 == 0:
+            w = nw
+        src = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        order = resample.pass_order(w, h, nw, nh, _vertical_first(w, h, nw, nh))
+        orders.add(order)
+        want = np.asarray(Image.fromarray(src).resize((nw, nh), Image.BICUBIC))
+        want = want.reshape(nh // 28, 2, 14, nw // 28, 2, 14, 3).transpose(0, 3, 1, 4, 6, 2, 5)
+        want = np.stack([want, want], 5).reshape(nh // 28, -1)
+        got = np.empty(nh * nw * 6, np.float32)
+        resample.resize_to_patches(src, nh, nw, order, levels, got)
+        np.testing.assert_array_equal(got.reshape(nh // 28, -1), want, err_msg=f"{w}x{h}->{nw}x{nh}")
+        lo = int(rng.integers(0, nh // 28))
+        part = np.full(nh * nw * 6, -1, np.float32)
+        resample.resize_to_patches(src, nh, nw, order, levels, part, 28 * lo, 28 * (lo + 1))
+        np.testing.assert_array_equal(part.reshape(nh // 28, -1)[lo], want[lo])
+        assert (np.delete(part.reshape(nh // 28, -1), lo, 0) == -1).all()  # nothing outside the strip
+    from mindspeed_ms.data.processor import _pil_pass_order
+    assert orders == set(range(5)) if _pil_pass_order() == "pillow13" else orders == set(range(5)) - {resample.V_THEN_H}
 
 
 # Sizes that take every path of the threaded resize: both passes (horizontal first / vertical first,

@@ -3,29 +3,29 @@
 How the output is kept identical to HF (bit for bit, tested):
 - Resampling: HF's slow processor converts a uint8 image to PIL and calls
   `PIL.Image.resize((w, h), BICUBIC)` (transformers.image_transforms.resize, no reducing_gap).
-  We make the same PIL call on the same pixels (an RGB PIL input is resized as is: HF's numpy ->
-  PIL round trip changes no pixel), so the resized uint8 pixels are identical. With
-  `num_threads > 1` we run PIL's two separable passes ourselves, in PIL's order, on strips
-  (see `_image_patches`): the same pixels again.
+  For images with Qwen2-VL's patch sizes we run PIL's resampling arithmetic compiled by numba
+  (`resample.py`: same fixed-point coefficients, same pass order, same rounding), fused with the
+  normalization and patch layout below; it is compared with the installed PIL's `resize` once per
+  process (`_compiled_resize_matches_pil`) and PIL itself is used when they differ or numba is
+  missing. Videos and other patch sizes use PIL's `resize` (an RGB PIL input is resized as is: HF's
+  numpy -> PIL round trip changes no pixel).
 - Rescale + normalize: HF computes `float32(float64(x) * (1/255))`, then `(x - mean) / std` in float32.
   After the resize every value is one of 256 uint8 levels per channel, so HF's formula on the 256
-  levels (a [3, 256] float32 table) is the reference. We run cheaper float32 arithmetic per pixel
-  (`x / 255`, then the same subtract and divide: contiguous SIMD loops, faster than a table gather)
-  only after checking at construction that it gives the table's float32 on all 256 levels of every
-  channel (`_exact_level_steps`); for a rescale factor where no float32 form is exact, patches are
-  looked up in the table instead.
-- Layout: HF's reshape/transpose `(gt, T, C, gh/m, m, P, gw/m, m, P) -> (0,3,6,4,7,2,1,5,8)`. For
-  an image, the uint8 channel planes are put in patch order first (each P-pixel row segment moved as
-  one P-byte item), then blocks of patches are normalized in a cache-sized buffer and written once
-  into the final array, into each of the T frame slots (`_patchify_into`). A video with a frame
-  count not divisible by T repeats its last frame (as HF).
+  levels (a [3, 256] float32 table) is the reference; the compiled path looks values up in it. The
+  PIL path runs cheaper float32 arithmetic per pixel (`x / 255`, then the same subtract and divide:
+  contiguous SIMD loops, faster than a numpy table gather) only after checking at construction that
+  it gives the table's float32 on all 256 levels of every channel (`_exact_level_steps`); for a
+  rescale factor where no float32 form is exact, patches are looked up in the table instead.
+- Layout: HF's reshape/transpose `(gt, T, C, gh/m, m, P, gw/m, m, P) -> (0,3,6,4,7,2,1,5,8)`. A video
+  with a frame count not divisible by T repeats its last frame (as HF).
 
-Speed (benchmarks/preprocess_throughput.py, 200 varied images, same run as HF): PIL's resize, the
-same call HF makes, is about 70% of our time, so it bounds the ratio to HF. An exact numpy/scipy
-re-implementation of PIL's bicubic passes (int32 CSR, float64 CSR, banded float32 GEMM with
-exactness checks) was measured no faster than PIL's C loops once the uint8 <-> int/float conversions
-are counted, so PIL does all resampling.
+Speed (benchmarks/preprocess_throughput.py, 200 varied images, same run as HF): with PIL's resize,
+PIL was about 70% of our time (its horizontal and vertical passes loop pixel by pixel); the compiled
+path runs both passes as SIMD loops and writes the float32 output once, about half the time of PIL +
+numpy on the same images. Before it, an exact numpy/scipy re-implementation of PIL's passes (int32
+CSR, float64 CSR, banded float32 GEMM) was measured no faster than PIL: the gain needs compiled loops.
 """
+import functools
 import math
 import os
 import threading
@@ -34,19 +34,18 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
+from mindspeed_ms.data import resample
 from mindspeed_ms.data.image_io import load_image, load_video_frames, to_rgb
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-# Each thread gets at least this many output pixels: below it the strip crops, pastes and thread
-# hand-offs outweigh the gain. Measured on the 200 benchmark images, 2 threads on 2 cores (min of 3
-# calls each): from ~600k output pixels 1.1-1.55x faster per image, between 300k and 600k anywhere
-# from 0.86x to 1.45x, below 300k no gain.
+# Each thread of one image gets at least this many output pixels (below it thread hand-offs
+# outweigh the gain).
 _PIXELS_PER_THREAD = 300_000
 _POOLS = {}
-# Patches normalized per block: a float32 block of this size stays in cache (1 MiB measured ~8%
-# faster than 256 KiB and 4 MiB on the benchmark images; a heuristic).
+# Patches normalized per block on the PIL path: a float32 block of this size stays in cache (1 MiB
+# measured ~8% faster than 256 KiB and 4 MiB on the benchmark images; a heuristic).
 _BLOCK_BYTES = 1024 * 1024
 _POOLS_LOCK = threading.Lock()
 
@@ -80,6 +79,29 @@ def _vertical_first(width, height, new_width, new_height, rule=None):
     rule = rule or _pil_pass_order()
     shrink_h, shrink_w = height - new_height, width - new_width
     return rule == "pillow13" and shrink_h > 0 and shrink_h > 2 * shrink_w
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_resize_matches_pil():
+    """Whether `resample.resize_to_patches` gives the installed PIL's bicubic pixels, in every pass
+    order (width only, height only, both in either order, up and down): checked once per process on
+    random images, with a table mapping each level to itself so the output is the resized pixels in
+    patch layout. False without numba or when PIL's pass order is unknown."""
+    if resample.njit is None or _pil_pass_order() is None:
+        return False
+    rng = np.random.default_rng(0)
+    levels = np.tile(np.arange(256, dtype=np.float32), (3, 1))
+    for (h, w), (nh, nw) in (((84, 100), (56, 112)), ((84, 100), (112, 56)), ((84, 100), (84, 56)),
+                             ((100, 84), (56, 84)), ((84, 100), (168, 224)), ((56, 56), (56, 56))):
+        src = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        want = np.asarray(Image.fromarray(src).resize((nw, nh), Image.BICUBIC))
+        want = want.reshape(nh // 28, 2, 14, nw // 28, 2, 14, 3).transpose(0, 3, 1, 4, 6, 2, 5)
+        got = np.empty(nh * nw * 6, np.float32)
+        resample.resize_to_patches(src, nh, nw, resample.pass_order(w, h, nw, nh, _vertical_first(w, h, nw, nh)),
+                                   levels, got)
+        if not np.array_equal(got.reshape(nh // 28, nw // 28, 2, 2, 3, 2, 14, 14), np.stack([want, want], 5)):
+            return False
+    return True
 
 
 def _planes(im):
@@ -165,6 +187,14 @@ class Qwen2VLImageProcessor:
             raise ValueError(f"num_threads={num_threads!r}: give 1 or more threads (None = 1)")
         self._lut = self._build_lut()
         self._level_steps = self._exact_level_steps()
+
+    @functools.cached_property
+    def _compiled(self):
+        """Whether images take the compiled resize (`resample.py`): PIL's bicubic, Qwen2-VL's patch
+        sizes (compile-time constants there) and a numba whose output equals this PIL's."""
+        return (self.resample == Image.BICUBIC and _compiled_resize_matches_pil()
+                and (self.patch_size, self.merge_size, self.temporal_patch_size)
+                == (resample.PATCH, resample.MERGE, resample.TEMPORAL))
 
     @classmethod
     def from_pretrained(cls, path, **overrides):
@@ -267,70 +297,34 @@ class Qwen2VLImageProcessor:
     def _image_patches(self, img, min_pixels, max_pixels):
         """One image -> ([gh*gw, C*T*P*P] float32, (1, gh, gw)).
 
-        PIL's bicubic resize is separable: a horizontal pass (each row on its own) and a vertical
-        pass (each column on its own), each with coefficients that depend only on the full input and
-        output sizes, in an order PIL picks from the sizes (`_vertical_first`). So with several
-        threads (PIL and numpy release the GIL) we run PIL's two passes ourselves, in PIL's order,
-        each on strips across it (rows for a horizontal pass, columns for a vertical one): the same
-        pixels as one `resize` call. Patchifying then runs on strips of whole merge-block rows, each
-        thread writing its own contiguous part of the output."""
-        im = self._as_rgb_image(img)
+        Qwen2-VL's patch sizes with PIL's bicubic: the compiled resize of `resample.py` (PIL's
+        arithmetic, checked against this PIL once per process), writing the patches directly; with
+        `num_threads > 1` and a large image, threads take disjoint strips of merge-block rows.
+        Anything else: PIL's own resize, then `_patchify_into`."""
         p, m, tp = self.patch_size, self.merge_size, self.temporal_patch_size
-        rh, rw = self._target_size(im.height, im.width, min_pixels, max_pixels)
-        gh, gw = rh // p, rw // p
-        out = np.empty((gh // m, gw // m, m * m, 3, tp, p * p), dtype=np.float32)
-        need_w = self.do_resize and im.width != rw
-        need_h = self.do_resize and im.height != rh
-        workers = min(self.num_threads, gh // m, max(1, rh * rw // _PIXELS_PER_THREAD))
-        if workers > 1 and (need_w or need_h) and _pil_pass_order() is None:
-            workers = 1  # a PIL whose pass order we do not know: only its own resize is certain
-        if workers == 1:
-            if need_w or need_h:
-                im = im.resize((rw, rh), resample=self.resample)
-            self._patchify_into(_planes(im), out)
+        if self._compiled:
+            arr = self._as_rgb_array(img)
+            h, w = arr.shape[:2]
+            rh, rw = self._target_size(h, w, min_pixels, max_pixels)
+            gh, gw = rh // p, rw // p
+            order = resample.pass_order(w, h, rw, rh, _vertical_first(w, h, rw, rh)) if self.do_resize else resample.NONE
+            out = np.empty(rh * rw * 3 * tp, np.float32)
+            workers = min(self.num_threads, gh // m, max(1, rh * rw // _PIXELS_PER_THREAD))
+            if workers == 1:
+                resample.resize_to_patches(arr, rh, rw, order, self._lut, out)
+            else:
+                edges = (np.linspace(0, gh // m, workers + 1).astype(int) * (p * m)).tolist()
+                list(_pool(workers).map(lambda k: resample.resize_to_patches(
+                    arr, rh, rw, order, self._lut, out, edges[k], edges[k + 1]), range(workers)))
             return out.reshape(gh * gw, 3 * tp * p * p), (1, gh, gw)
 
-        im.load()  # a lazily decoded file image must be decoded once, not by each thread's crop
-        pool = _pool(workers)
-        if need_w and need_h:  # PIL's first pass
-            if _vertical_first(im.width, im.height, rw, rh):
-                im, need_h = self._resample_in_strips(im, im.width, rh, workers, pool), False
-            else:
-                im, need_w = self._resample_in_strips(im, rw, im.height, workers, pool), False
-        if need_h:  # the only or second pass is vertical: column strips, pasted back
-            im = self._resample_in_strips(im, rw, rh, workers, pool)
-        edges = (np.linspace(0, gh // m, workers + 1).astype(int) * (p * m)).tolist()
-        planes = None if need_w else _planes(im)
-
-        def strip(k):
-            lo, hi = edges[k], edges[k + 1]
-            if need_w:  # the only or second pass is horizontal: it runs on this strip's rows
-                part = im.crop((0, lo, im.width, hi)).resize((rw, hi - lo), resample=self.resample)
-                rows = _planes(part)
-            else:
-                rows = [plane[lo:hi] for plane in planes]
-            self._patchify_into(rows, out[lo // (p * m):hi // (p * m)])
-
-        list(pool.map(strip, range(workers)))
-        return out.reshape(gh * gw, 3 * tp * p * p), (1, gh, gw)
-
-    def _resample_in_strips(self, im, width, height, workers, pool):
-        """One PIL resampling pass (only the width or only the height changes) on `workers` strips
-        across it (row strips for a horizontal pass, column strips for a vertical one), pasted back."""
-        horizontal = width != im.width
-        edges = np.linspace(0, im.height if horizontal else im.width, workers + 1).astype(int).tolist()
-        spans = list(zip(edges[:-1], edges[1:]))
-
-        def part(span):
-            a, b = span
-            if horizontal:
-                return im.crop((0, a, im.width, b)).resize((width, b - a), resample=self.resample)
-            return im.crop((a, 0, b, im.height)).resize((b - a, height), resample=self.resample)
-
-        whole = Image.new("RGB", (width, height))
-        for (a, _), piece in zip(spans, pool.map(part, spans)):
-            whole.paste(piece, (0, a) if horizontal else (a, 0))
-        return whole
+        im = self._as_rgb_image(img)
+        rh, rw = self._target_size(im.height, im.width, min_pixels, max_pixels)
+        if self.do_resize and im.size != (rw, rh):
+            im = im.resize((rw, rh), resample=self.resample)
+        out = np.empty((rh // (p * m), rw // (p * m), m * m, 3, tp, p * p), dtype=np.float32)
+        self._patchify_into(_planes(im), out)
+        return out.reshape(-1, 3 * tp * p * p), (1, rh // p, rw // p)
 
     def _patchify_into(self, planes, out):
         """Three uint8 channel planes [H, W] (whole merge blocks) -> their normalized patches, written
