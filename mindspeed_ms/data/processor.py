@@ -40,9 +40,10 @@ from mindspeed_ms.data.image_io import load_image, load_video_frames, to_rgb
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-# Each thread of one image gets at least this many output pixels (below it thread hand-offs
-# outweigh the gain).
-_PIXELS_PER_THREAD = 300_000
+# Each thread of one image gets at least this many output pixels. Measured on the 200 benchmark
+# images, compiled path, 2 threads on 2 cores vs 1 (min of 3 calls each, summed per size bin):
+# 0.91-0.99x below 200k output pixels, 1.13x at 200-400k, 1.24x at 400-700k, 1.41x above.
+_PIXELS_PER_THREAD = 100_000
 _POOLS = {}
 # Patches normalized per block on the PIL path: a float32 block of this size stays in cache (1 MiB
 # measured ~8% faster than 256 KiB and 4 MiB on the benchmark images; a heuristic).
@@ -177,11 +178,10 @@ class Qwen2VLImageProcessor:
         self.image_std = list(image_std if image_std is not None else OPENAI_CLIP_STD)
         self.do_convert_rgb = do_convert_rgb
         self.patch_size, self.temporal_patch_size, self.merge_size = patch_size, temporal_patch_size, merge_size
-        # Threads for one large image (resampling and patchifying in strips; same output for any count).
-        # Default 1: data loading already runs one processor per worker, and on the 2-core
-        # development machine 2 threads gained nothing over the 200 benchmark images (3.00 vs 3.07 s,
-        # most images are below the per-thread floor); on an idle 16-core machine 4 threads halved
-        # the time of a 2000x1500 image (46 -> 23 ms).
+        # Threads for one large image (strips of merge-block rows on the compiled path; same output
+        # for any count; the PIL path ignores it). Default 1: data loading already runs one
+        # processor per worker; on the 2-core development machine 2 threads took the 200 benchmark
+        # images from 1.28 to ~1.1 s (large images 1.41x, small ones below the per-thread floor).
         self.num_threads = 1 if num_threads is None else int(num_threads)
         if self.num_threads < 1:
             raise ValueError(f"num_threads={num_threads!r}: give 1 or more threads (None = 1)")

@@ -9,15 +9,18 @@ compiled pass over the image, with PIL's exact integer arithmetic (Pillow's Resa
 - each pass: int32 sums of uint8 pixels times coefficients, plus half, shifted right by 22 and
   clipped to 0..255 (the intermediate image is uint8 in PIL too), in PIL's pass order;
 - values: every resized uint8 level goes through the processor's [3, 256] table (HF's formula);
-- layout: each resized row is written straight into its patches, [H/28, W/28, 2, 2, C, T, 14*14].
+- layout: each strip of 28 resized rows is written straight into its patches, in output order
+  ([H/28, W/28, 2, 2, C, T, 14*14]).
 
 Why it is faster than PIL + numpy: the vertical pass runs over whole rows (SIMD over width x
-channels), the horizontal pass over tiles of 32 transposed rows (SIMD over rows x channels) where PIL
-loops pixel by pixel, and the float32 output is written once with no intermediate images. Patch,
-merge and temporal sizes are compile-time constants (14, 2, 2: every Qwen2-VL checkpoint); the
-processor uses PIL for anything else. `matches_pil()` checks this code against the installed PIL
-once per process; a PIL that resizes differently is then used instead, so HF-equality never
-depends on this module.
+channels), the horizontal pass over tiles of 28 transposed rows (SIMD over rows x channels) where PIL
+loops pixel by pixel, and the float32 output is written once, sequentially, with no intermediate
+images. Patch, merge and temporal sizes are compile-time constants (14, 2, 2: every Qwen2-VL
+checkpoint; constants made the layout loops ~2x faster than arguments); the processor uses PIL for
+anything else, and compares this code with the installed PIL once per process
+(`processor._compiled_resize_matches_pil`): a PIL that resizes differently is used instead, so
+HF-equality never depends on this module. Compiled code is cached next to this file (numba
+`cache=True`): the first call on a machine compiles for ~10 s, later processes load it in ~0.3 s.
 """
 import functools
 
@@ -31,41 +34,21 @@ except ImportError:  # numba is a dependency; without it the processor keeps PIL
 PATCH, MERGE, TEMPORAL = 14, 2, 2
 _BITS = 22  # PIL's PRECISION_BITS (32 - 8 - 2)
 _HALF = 1 << (_BITS - 1)
-_TILE_ROWS = 32  # rows per transposed tile of the horizontal pass (32 measured faster than 8 or 16)
 
 # pass orders of one resize
 NONE, H_ONLY, V_ONLY, H_THEN_V, V_THEN_H = range(5)
-
-
-def _bicubic(x):
-    """PIL's bicubic filter (a = -0.5) on a float64 array, written as Resample.c evaluates it."""
-    a = -0.5
-    x = np.abs(x)
-    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1
-    far = (((x - 5) * x + 8) * x - 4) * a
-    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
 
 
 @functools.lru_cache(maxsize=512)
 def bicubic_coefficients(in_size, out_size):
     """(bounds [out, 2] int32 (first input index, tap count), taps [out, ksize] int32): PIL's
     fixed-point bicubic coefficients for resizing a whole axis of `in_size` to `out_size`."""
-    scale = float(in_size) / out_size
-    filterscale = max(scale, 1.0)
-    support = 2.0 * filterscale  # the bicubic filter's support is 2
+    support = 2.0 * max(float(in_size) / out_size, 1.0)  # the bicubic filter's support is 2
     ksize = int(np.ceil(support)) * 2 + 1
-    center = 0.0 + (np.arange(out_size) + 0.5) * scale
-    xmin = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)
-    xmax = np.minimum(np.trunc(center + support + 0.5), in_size).astype(np.int64) - xmin
-    x = np.arange(ksize)
-    inside = x[None, :] < xmax[:, None]
-    w = np.where(inside, _bicubic(((x[None, :] + xmin[:, None]).astype(np.float64) - center[:, None] + 0.5)
-                                  * (1.0 / filterscale)), 0.0)
-    ww = np.cumsum(w, axis=1)[:, -1:]  # left-to-right, as PIL's loop (np.sum would sum pairwise)
-    w = np.where(ww != 0.0, w / np.where(ww != 0.0, ww, 1.0), w)
-    fixed = w * (1 << _BITS)
-    taps = np.trunc(np.where(w < 0, fixed - 0.5, fixed + 0.5)).astype(np.int32)
-    return np.stack([xmin, xmax], 1).astype(np.int32), taps
+    bounds = np.zeros((out_size, 2), np.int32)
+    taps = np.zeros((out_size, ksize), np.int32)
+    _coefficients(in_size, out_size, bounds, taps, np.empty(ksize, np.float64))
+    return bounds, taps
 
 
 def pass_order(width, height, new_width, new_height, vertical_first):
@@ -94,6 +77,43 @@ _NO_PASS = (np.zeros((1, 2), np.int32), np.zeros((1, 1), np.int32))
 
 def _compiled(fn):
     return njit(cache=True, nogil=True)(fn) if njit is not None else fn
+
+
+@_compiled
+def _bicubic(x):
+    """PIL's bicubic filter (a = -0.5), written as Resample.c evaluates it."""
+    a = -0.5
+    if x < 0.0:
+        x = -x
+    if x < 1.0:
+        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1
+    if x < 2.0:
+        return (((x - 5) * x + 8) * x - 4) * a
+    return 0.0
+
+
+@_compiled
+def _coefficients(in_size, out_size, bounds, taps, w):
+    """Resample.c's precompute_coeffs (box 0..in_size) + normalize_coeffs_8bpc: the same float64
+    operations in the same order (no fast-math: numba keeps IEEE order and does not fuse), so the
+    same doubles and the same fixed-point taps."""
+    scale = float(in_size) / out_size
+    filterscale = max(scale, 1.0)
+    support = 2.0 * filterscale
+    ss = 1.0 / filterscale
+    for xx in range(out_size):
+        center = 0.0 + (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), in_size) - xmin
+        ww = 0.0
+        for x in range(xmax):
+            w[x] = _bicubic((x + xmin - center + 0.5) * ss)
+            ww += w[x]
+        for x in range(xmax):
+            k = w[x] / ww if ww != 0.0 else w[x]
+            taps[xx, x] = int(-0.5 + k * (1 << _BITS)) if k < 0 else int(0.5 + k * (1 << _BITS))
+        bounds[xx, 0] = xmin
+        bounds[xx, 1] = xmax
 
 
 @_compiled
@@ -145,72 +165,60 @@ def _horizontal_rows(src, lo, hi, bounds, taps, tile, acc, dst):
 
 
 @_compiled
-def _emit_row(row, y, lut, out):
-    """Resized row y [W*3] uint8 -> lut values in the flat output laid out as
-    [H/(P*M), W/(P*M), M, M, 3, T, P*P]: each pixel lands in its patch, once per temporal slot."""
-    w = row.shape[0] // 3
+def _emit_strip(rows, lut, out, o):
+    """One strip of P*M resized rows [P*M, W*3] uint8 -> table values in HF's patch layout, written
+    in order from out[o] (the strip's part of [H/(P*M), W/(P*M), M, M, 3, T, P*P]): sequential
+    stores; each patch is looked up once and copied into the other temporal slots."""
+    w = rows.shape[1] // 3
     pp = PATCH * PATCH
-    chan = TEMPORAL * pp
-    col = 3 * chan
-    block = MERGE * MERGE * col
-    blocks_w = w // (PATCH * MERGE)
-    base = (y // (PATCH * MERGE)) * blocks_w * block + ((y // PATCH) % MERGE) * MERGE * col + (y % PATCH) * PATCH
-    for bw in range(blocks_w):
-        for mc in range(MERGE):
-            x0 = (bw * MERGE + mc) * PATCH
-            o = base + bw * block + mc * col
-            for c in range(3):
-                table = lut[c]
-                oc = o + c * chan
-                for px in range(PATCH):
-                    v = table[row[(x0 + px) * 3 + c]]
-                    for t in range(TEMPORAL):
-                        out[oc + t * pp + px] = v
+    for bw in range(w // (PATCH * MERGE)):
+        for mr in range(MERGE):
+            for mc in range(MERGE):
+                x0 = (bw * MERGE + mc) * PATCH
+                for c in range(3):
+                    table = lut[c]
+                    for py in range(PATCH):
+                        row = rows[mr * PATCH + py]
+                        for px in range(PATCH):
+                            out[o + py * PATCH + px] = table[row[(x0 + px) * 3 + c]]
+                    for t in range(1, TEMPORAL):
+                        for q in range(pp):
+                            out[o + t * pp + q] = out[o + q]
+                    o += TEMPORAL * pp
 
 
 @_compiled
 def _resize_to_patches(src, hb, hk, vb, vk, order, lo, hi, new_w, lut, out):
+    """Output rows lo..hi (whole strips of P*M rows) of `src` [H, W*3] resized in `order`, each strip
+    finished in a small uint8 buffer and emitted into `out` at its offset."""
     w3 = src.shape[1]
-    rows = _TILE_ROWS
-    if order == NONE:
-        for y in range(lo, hi):
-            _emit_row(src[y], y, lut, out)
-        return
-    if order == V_ONLY:
-        acc = np.empty(w3, np.int32)
-        row = np.empty(w3, np.uint8)
-        for y in range(lo, hi):
-            _vertical_row(src, vb[y, 0], vb[y, 1], vk[y], acc, row)
-            _emit_row(row, y, lut, out)
-        return
+    rows = PATCH * MERGE
+    per_row = new_w * 3 * TEMPORAL  # output floats per resized row
+    strip = np.empty((rows, new_w * 3), np.uint8)
     tile = np.empty((w3 // 3, rows * 3), np.uint8)
     acc_h = np.empty(rows * 3, np.int32)
-    block = np.empty((rows, new_w * 3), np.uint8)
-    if order == H_ONLY:
-        for a in range(lo, hi, rows):
-            b = min(hi, a + rows)
-            _horizontal_rows(src, a, b, hb, hk, tile, acc_h, block)
-            for r in range(b - a):
-                _emit_row(block[r], a + r, lut, out)
-        return
-    if order == V_THEN_H:
-        acc = np.empty(w3, np.int32)
-        part = np.empty((rows, w3), np.uint8)
-        for a in range(lo, hi, rows):
-            b = min(hi, a + rows)
-            for y in range(a, b):
-                _vertical_row(src, vb[y, 0], vb[y, 1], vk[y], acc, part[y - a])
-            _horizontal_rows(part, 0, b - a, hb, hk, tile, acc_h, block)
-            for r in range(b - a):
-                _emit_row(block[r], a + r, lut, out)
-        return
-    # H_THEN_V: the input rows these output rows need, through the horizontal pass, then down
-    first = vb[lo, 0]
-    last = vb[hi - 1, 0] + vb[hi - 1, 1]
-    mid = np.empty((last - first, new_w * 3), np.uint8)
-    _horizontal_rows(src, first, last, hb, hk, tile, acc_h, mid)
-    acc = np.empty(new_w * 3, np.int32)
-    row = np.empty(new_w * 3, np.uint8)
-    for y in range(lo, hi):
-        _vertical_row(mid, vb[y, 0] - first, vb[y, 1], vk[y], acc, row)
-        _emit_row(row, y, lut, out)
+    acc_v = np.empty(max(w3, new_w * 3), np.int32)
+    part = np.empty((rows, w3), np.uint8)
+    first = 0
+    mid = strip
+    if order == H_THEN_V:  # the input rows these output rows need, through the horizontal pass once
+        first = vb[lo, 0]
+        mid = np.empty((vb[hi - 1, 0] + vb[hi - 1, 1] - first, new_w * 3), np.uint8)
+        _horizontal_rows(src, first, first + mid.shape[0], hb, hk, tile, acc_h, mid)
+    for a in range(lo, hi, rows):
+        if order == NONE:
+            _emit_strip(src[a:a + rows], lut, out, a * per_row)
+            continue
+        if order == H_ONLY:
+            _horizontal_rows(src, a, a + rows, hb, hk, tile, acc_h, strip)
+        elif order == V_ONLY:
+            for r in range(rows):
+                _vertical_row(src, vb[a + r, 0], vb[a + r, 1], vk[a + r], acc_v, strip[r])
+        elif order == V_THEN_H:
+            for r in range(rows):
+                _vertical_row(src, vb[a + r, 0], vb[a + r, 1], vk[a + r], acc_v, part[r])
+            _horizontal_rows(part, 0, rows, hb, hk, tile, acc_h, strip)
+        else:
+            for r in range(rows):
+                _vertical_row(mid, vb[a + r, 0] - first, vb[a + r, 1], vk[a + r], acc_v, strip[r])
+        _emit_strip(strip, lut, out, a * per_row)
