@@ -180,8 +180,8 @@ class Qwen2VLImageProcessor:
         self.patch_size, self.temporal_patch_size, self.merge_size = patch_size, temporal_patch_size, merge_size
         # Threads for one large image (strips of merge-block rows on the compiled path; same output
         # for any count; the PIL path ignores it). Default 1: data loading already runs one
-        # processor per worker; on the 2-core development machine 2 threads took the 200 benchmark
-        # images from 1.28 to ~1.1 s (large images 1.41x, small ones below the per-thread floor).
+        # processor per worker; on the 2-core development machine 2 threads were 1.41x on images
+        # above 700k pixels but only x5.83 vs x5.55 HF over the 200 benchmark images (most are smaller).
         self.num_threads = 1 if num_threads is None else int(num_threads)
         if self.num_threads < 1:
             raise ValueError(f"num_threads={num_threads!r}: give 1 or more threads (None = 1)")
