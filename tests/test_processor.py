@@ -187,10 +187,14 @@ def test_batch_of_images_and_arrays_equal_hf():
     np.testing.assert_array_equal(arr["pixel_values"], a["pixel_values"])
 
 
+@pytest.mark.parametrize("path", ["compiled", "pil"])
 @pytest.mark.parametrize("n", [1, 2, 5, 8])
-def test_videos_equal_hf(n):
-    vids = [frames(n, 96, 64, seed=n), frames(2, 200, 150, seed=50)]
-    a = Qwen2VLImageProcessor()(videos=vids)
+def test_videos_equal_hf(n, path):
+    vids = [frames(n, 96, 64, seed=n), frames(2, 200, 150, seed=50), frames(3, 112, 56, seed=9)]  # last: no resize
+    ours = Qwen2VLImageProcessor()
+    if path == "pil":
+        ours.__dict__["_compiled"] = False
+    a = ours(videos=vids)
     b = HFProcessor()(images=None, videos=vids, return_tensors="np")
     np.testing.assert_array_equal(a["video_grid_thw"], b["video_grid_thw"])
     assert a["video_grid_thw"][0, 0] == (n + 1) // 2  # odd counts padded with the last frame
@@ -342,3 +346,8 @@ def test_level_steps_exact_on_every_level():
     _apply_steps(proc._level_steps, levels, got)
     np.testing.assert_array_equal(got[:, :, 0].T, proc._lut)
     assert Qwen2VLImageProcessor(rescale_factor=0.00392)._level_steps is None
+
+
+def test_video_frames_of_different_sizes_without_resize_are_an_error():
+    with pytest.raises(ValueError, match="video frame 1 is 84x56, frame 0 is 56x56"):
+        Qwen2VLImageProcessor(do_resize=False)(videos=[[rgb(56, 56, 1), rgb(84, 56, 2)]])

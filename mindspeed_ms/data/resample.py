@@ -59,17 +59,19 @@ def pass_order(width, height, new_width, new_height, vertical_first):
     return H_ONLY if need_h else V_ONLY if need_v else NONE
 
 
-def resize_to_patches(src, new_height, new_width, order, lut, out, row_lo=0, row_hi=None):
+def resize_to_patches(src, new_height, new_width, order, lut, out, row_lo=0, row_hi=None, slot=0, fill=True):
     """Rows [row_lo, row_hi) (whole merge blocks) of `src` [H, W, 3] uint8 resized to
-    (new_height, new_width) -> their normalized patches in `out`, the whole image's flat float32
-    output [new_height * new_width * 6] (disjoint row ranges can run in parallel threads)."""
+    (new_height, new_width) -> their normalized patches in `out`, the flat float32 output of one
+    image or one group of T video frames [new_height * new_width * 3 * T] (disjoint row ranges can
+    run in parallel threads). The frame fills temporal slot `slot` of every patch and, with `fill`,
+    the slots after it too (an image fills all T; a video's last frame pads an incomplete group)."""
     row_hi = new_height if row_hi is None else row_hi
     h, w = src.shape[:2]
     hb, hk = bicubic_coefficients(w, new_width) if order in (H_ONLY, H_THEN_V, V_THEN_H) else _NO_PASS
     vb, vk = bicubic_coefficients(h, new_height) if order in (V_ONLY, H_THEN_V, V_THEN_H) else _NO_PASS
     src = np.ascontiguousarray(src).reshape(h, w * 3)
     src.flags.writeable = False  # one compiled specialization for PIL's read-only arrays and writable ones
-    _resize_to_patches(src, hb, hk, vb, vk, order, row_lo, row_hi, new_width, lut, out)
+    _resize_to_patches(src, hb, hk, vb, vk, order, row_lo, row_hi, new_width, lut, out, slot, fill)
 
 
 _NO_PASS = (np.zeros((1, 2), np.int32), np.zeros((1, 1), np.int32))
@@ -165,10 +167,10 @@ def _horizontal_rows(src, lo, hi, bounds, taps, tile, acc, dst):
 
 
 @_compiled
-def _emit_strip(rows, lut, out, o):
+def _emit_strip(rows, lut, out, o, slot, fill):
     """One strip of P*M resized rows [P*M, W*3] uint8 -> table values in HF's patch layout, written
-    in order from out[o] (the strip's part of [H/(P*M), W/(P*M), M, M, 3, T, P*P]): sequential
-    stores; each patch is looked up once and copied into the other temporal slots."""
+    in order from out[o] (the strip's part of [H/(P*M), W/(P*M), M, M, 3, T, P*P]) into temporal
+    slot `slot` (with `fill` copied into the later slots): sequential stores, one lookup per pixel."""
     w = rows.shape[1] // 3
     pp = PATCH * PATCH
     for bw in range(w // (PATCH * MERGE)):
@@ -177,18 +179,20 @@ def _emit_strip(rows, lut, out, o):
                 x0 = (bw * MERGE + mc) * PATCH
                 for c in range(3):
                     table = lut[c]
+                    first = o + slot * pp
                     for py in range(PATCH):
                         row = rows[mr * PATCH + py]
                         for px in range(PATCH):
-                            out[o + py * PATCH + px] = table[row[(x0 + px) * 3 + c]]
-                    for t in range(1, TEMPORAL):
-                        for q in range(pp):
-                            out[o + t * pp + q] = out[o + q]
+                            out[first + py * PATCH + px] = table[row[(x0 + px) * 3 + c]]
+                    if fill:
+                        for t in range(slot + 1, TEMPORAL):
+                            for q in range(pp):
+                                out[o + t * pp + q] = out[first + q]
                     o += TEMPORAL * pp
 
 
 @_compiled
-def _resize_to_patches(src, hb, hk, vb, vk, order, lo, hi, new_w, lut, out):
+def _resize_to_patches(src, hb, hk, vb, vk, order, lo, hi, new_w, lut, out, slot, fill):
     """Output rows lo..hi (whole strips of P*M rows) of `src` [H, W*3] resized in `order`, each strip
     finished in a small uint8 buffer and emitted into `out` at its offset."""
     w3 = src.shape[1]
@@ -207,7 +211,7 @@ def _resize_to_patches(src, hb, hk, vb, vk, order, lo, hi, new_w, lut, out):
         _horizontal_rows(src, first, first + mid.shape[0], hb, hk, tile, acc_h, mid)
     for a in range(lo, hi, rows):
         if order == NONE:
-            _emit_strip(src[a:a + rows], lut, out, a * per_row)
+            _emit_strip(src[a:a + rows], lut, out, a * per_row, slot, fill)
             continue
         if order == H_ONLY:
             _horizontal_rows(src, a, a + rows, hb, hk, tile, acc_h, strip)
@@ -221,4 +225,4 @@ def _resize_to_patches(src, hb, hk, vb, vk, order, lo, hi, new_w, lut, out):
         else:
             for r in range(rows):
                 _vertical_row(mid, vb[a + r, 0] - first, vb[a + r, 1], vk[a + r], acc_v, strip[r])
-        _emit_strip(strip, lut, out, a * per_row)
+        _emit_strip(strip, lut, out, a * per_row, slot, fill)
