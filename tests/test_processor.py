@@ -351,3 +351,23 @@ def test_level_steps_exact_on_every_level():
 def test_video_frames_of_different_sizes_without_resize_are_an_error():
     with pytest.raises(ValueError, match="video frame 1 is 84x56, frame 0 is 56x56"):
         Qwen2VLImageProcessor(do_resize=False)(videos=[[rgb(56, 56, 1), rgb(84, 56, 2)]])
+
+
+def test_compiled_resize_failure_falls_back_to_pil(monkeypatch):
+    """A numba that cannot compile here leaves a working processor (PIL's resize, same output)."""
+    from mindspeed_ms.data import processor
+
+    def broken():
+        raise RuntimeError("llvmlite mismatch")
+
+    monkeypatch.setattr(processor, "_compiled_resize_agrees", broken)
+    processor._compiled_resize_matches_pil.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="compiled image resize unavailable.*llvmlite mismatch"):
+            ours = Qwen2VLImageProcessor()
+            assert not ours._compiled
+        img = rgb(300, 200, 4)
+        np.testing.assert_array_equal(ours(images=[img])["pixel_values"],
+                                      HFProcessor()(images=[img], return_tensors="np")["pixel_values"])
+    finally:
+        processor._compiled_resize_matches_pil.cache_clear()

@@ -30,6 +30,7 @@ import functools
 import math
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -88,9 +89,19 @@ def _compiled_resize_matches_pil():
     """Whether `resample.resize_to_patches` gives the installed PIL's bicubic pixels, in every pass
     order (width only, height only, both in either order, up and down): checked once per process on
     random images, with a table mapping each level to itself so the output is the resized pixels in
-    patch layout. False without numba or when PIL's pass order is unknown."""
+    patch layout. False without numba, when PIL's pass order is unknown, or when numba fails to
+    compile here (with a warning: PIL's resize gives the same output, only slower)."""
     if resample.njit is None or _pil_pass_order() is None:
         return False
+    try:
+        return _compiled_resize_agrees()
+    except Exception as exc:  # a broken numba/llvmlite install must not stop data loading
+        warnings.warn(f"compiled image resize unavailable ({type(exc).__name__}: {exc}); using PIL's resize "
+                      "(same output, ~2x slower preprocessing). Reinstall numba to get it back.")
+        return False
+
+
+def _compiled_resize_agrees():
     rng = np.random.default_rng(0)
     levels = np.tile(np.arange(256, dtype=np.float32), (3, 1))
     for (h, w), (nh, nw) in (((84, 100), (56, 112)), ((84, 100), (112, 56)), ((84, 100), (84, 56)),
