@@ -348,3 +348,96 @@ def test_sharded_loss_cell_passes_vision_cu_seqlens_through_train_loss():
             ShardedLossCell(flash)(*[ms.Tensor(x) for x in inputs[:-1]])
     finally:
         ms.set_context(mode=ms.GRAPH_MODE)
+
+
+LORA = ("--tensor-model-parallel-size 2 --pipeline-model-parallel-size 2 --global-batch-size 4 "
+        "--lora-target-modules linear_qkv linear_proj linear_fc1 linear_fc2 --lora-r 4 --lora-alpha 8 "
+        "--lora-dropout 0.1")
+
+
+def test_lora_on_the_sharded_path(work, built):
+    """LoRA (--lora-target-modules) on tp 2 x pp 2: the plan shards every adapter as its base weight's
+    tensor-parallel split says (tp_split, the checkpoint rule) and moves the base primitives under
+    base_layer; the static checker accepts it; the base model loads in the plan's GLU order; only the
+    adapters are optimised; each writer rank's file holds exactly mm-convert's split of the adapters,
+    and a fresh run loads them stage by stage."""
+    from mindspeed_ms.checkpoint.tp_split import COL, GLU, ROW, tp_kind
+    from mindspeed_ms.parallel.checker import check_plan
+    from mindspeed_ms.parallel.rank_params import to_plan_layout
+    from mindspeed_ms.peft.lora_merge import is_lora_name
+    from mindspeed_ms.training.sharded_trainer import dry_run
+
+    base_tr = built["tp2_pp2_flash"]
+    rng = np.random.default_rng(5)
+    src = {n: rng.standard_normal(p.shape).astype(np.float32) for n, p in base_tr.saved_params.items()
+           if n != "text_decoder.output_layer.weight"}
+    write_mm_checkpoint(str(work / "lora_base"), "release", src, checkpoint_layout(base_tr.plan))
+    LAYOUTS["tp2_pp2_lora"] = (LORA + f" --load-base-model {work}/lora_base", 8, [4, 0], [1, 3], False)
+    a, world = argv(work, "tp2_pp2_lora", f"--save {work}/save_lora")
+    tr = dry_run(a, world - 1, world)
+    cfg, plan = tr.pcfg, tr.plan
+    dp, tp = cfg.dp, cfg.tp
+    assert check_plan(plan) == []
+    # every Linear of the LLM, the ViT and the projector carries an adapter, each with 4 strategies + dropout
+    assert len(plan.lora_modules) == 4 * 4 + 4 * 4 + 2
+    cells = dict(tr.model.network.cells_and_names())
+    strategies = plan.param_strategies()
+    for module in plan.lora_modules:
+        cell = cells[module]
+        assert type(cell).__name__ == "LoRALinear"
+        kind = tp_kind(module + ".weight")
+        a_split = strategies[module + ".lora_A.default.weight"][1]
+        b_split = strategies[module + ".lora_B.default.weight"][1]
+        if kind in (ROW, GLU):      # column-parallel: A whole, B's rows split, delta split over features
+            assert (a_split, b_split) == ((1, 1), (tp, 1)), module
+            assert cell.base_layer.matmul.in_strategy[1] == (tp, 1)
+            assert cell.add_delta.in_strategy == ((dp, tp), (dp, tp))
+        else:                       # row-parallel: A's columns split, B whole
+            assert kind == COL and (a_split, b_split) == ((1, tp), (1, 1)), module
+            assert cell.base_layer.matmul.in_strategy[1] == (1, tp)
+            assert cell.matmul_a.in_strategy == ((dp, tp), (1, tp))
+        assert cell.matmul_b.in_strategy[1] == b_split and cell.dropout.dropout.in_strategy is not None
+    # only the adapters train; the base (loaded, frozen) is in the plan's GLU order
+    names = [p.name for p in tr.optimizer.params]
+    assert names and all(is_lora_name(n) for n in names) and sorted(names) == sorted(tr.saved_params)
+    params = {p.name: p for p in tr.model.network.get_parameters()}
+    fc1 = "text_decoder.decoder.layers.2.mlp.linear_fc1.weight"
+    np.testing.assert_array_equal(params[fc1].asnumpy(), to_plan_layout(fc1, src[fc1], tp))
+
+    # adapters with values, written rank by rank: each file is mm-convert's split of the adapters
+    for n, p in tr.saved_params.items():
+        p.set_data(tr.ms.Tensor(rng.standard_normal(p.shape).astype(np.float32)))
+    held = {n: p.asnumpy() for n, p in tr.saved_params.items()}
+    mm = {n: from_plan_layout(n, x, tp) for n, x in held.items()}
+    tr.iteration = 2
+    root = tr.args.save
+    writers = [r for r in range(cfg.world_size) if rank_coords(r, cfg).dp == 0 and rank_coords(r, cfg).cp == 0]
+    own = tr.coords
+    for r in writers:
+        tr.coords = rank_coords(r, cfg)
+        tr.write_rank_checkpoint()
+    tr.coords = own
+    commit(root, 2, plan)
+    from auto_convert import torch_format
+    from mindspeed_ms.checkpoint.layout import rank_dir_name
+    layout = checkpoint_layout(plan)
+    for r in writers:
+        c = rank_coords(r, cfg)
+        f = torch_format.load(os.path.join(root, "iter_0000002", rank_dir_name(c.tp, c.pp, cfg.pp),
+                                           "model_optim_rng.pt"))
+        want = split_for_rank(mm, c.tp, c.pp, layout)["model"]
+        assert sorted(f["model"]) == sorted(want) and all(is_lora_name(n) for n in f["model"])
+        for local, arr in f["model"].items():
+            np.testing.assert_array_equal(arr, want[local])
+        assert f["args"]["lora_r"] == 4 and f["args"]["lora_target_modules"] == [
+            "linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"]
+    # a fresh run (other seed: other initial adapters) resumes the adapters stage by stage
+    a, world = argv(work, "tp2_pp2_lora", f"--load {root} --seed 11")
+    fresh = dry_run(a, world - 1, world)
+    for st in range(cfg.pp):
+        fresh.coords = rank_coords(st * (world // cfg.pp), cfg)
+        fresh.load()
+    assert fresh.iteration == 2
+    for n, p in fresh.saved_params.items():
+        np.testing.assert_array_equal(p.asnumpy(), held[n], err_msg=n)
+    del LAYOUTS["tp2_pp2_lora"]

@@ -30,11 +30,16 @@ def param_owner(plan: ShardPlan) -> Dict[str, Tuple[int, int]]:
 
 def full_param_shapes(plan: ShardPlan) -> Dict[str, Tuple[int, ...]]:
     """tp1/pp1 MM parameter shapes, plus the output_layer copy mm-convert writes for tied
-    embeddings when the output layer sits on another stage than the embedding."""
+    embeddings when the output layer sits on another stage than the embedding, plus the LoRA
+    adapters of the plan (A [r, in], B [out, r] beside their base weight [out, in])."""
     shapes = dict(mm_param_shapes(plan.model_cfg))
     out = f"{TEXT_PREFIX}.output_layer.weight"
     if out not in shapes and out in plan.param_strategies():
         shapes[out] = shapes[f"{TEXT_PREFIX}.embedding.word_embeddings.weight"]
+    for module in plan.lora_modules:
+        n_out, n_in = shapes[f"{module}.weight"]
+        shapes[f"{module}.lora_A.default.weight"] = (plan.lora.r, n_in)
+        shapes[f"{module}.lora_B.default.weight"] = (n_out, plan.lora.r)
     return shapes
 
 
@@ -78,13 +83,15 @@ def slice_for_rank(array, split: Tuple[int, ...], tp_rank: int):
 
 
 def _is_glu(name: str) -> bool:
-    return name.startswith(f"{TEXT_PREFIX}.decoder.layers.") and name.endswith(".mlp.linear_fc1.weight")
+    """The LLM's fused [gate; up] linear_fc1 weight, or the LoRA B over it (its rows are the same)."""
+    return name.startswith(f"{TEXT_PREFIX}.decoder.layers.") and (
+        name.endswith(".mlp.linear_fc1.weight") or name.endswith(".mlp.linear_fc1.lora_B.default.weight"))
 
 
 def to_plan_layout(name: str, array, tp: int):
     """The in-memory order of a full (tp1 MM layout) parameter in a run with tensor parallel `tp`.
 
-    Only the LLM's fused GLU `linear_fc1` differs: [gate; up] becomes [gate_0, up_0, gate_1, up_1,
+    Only the LLM's fused GLU `linear_fc1` (and a LoRA B over it) differs: [gate; up] becomes [gate_0, up_0, gate_1, up_1,
     ...] (rank r's mm-convert slice concat(gate[r], up[r]) at position r), so that contiguous
     per-rank slicing (what semi-auto parallel does) yields exactly the mm-convert rank file."""
     if tp == 1 or not _is_glu(name):

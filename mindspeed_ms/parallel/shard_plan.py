@@ -19,7 +19,13 @@ regions) split. Roles:
 - attention: the head dim split by tp (x cp under Ulysses, whose all-to-all MindSpore inserts at the
   layout change from a sequence-split to a head-split tensor);
 - vocab-parallel embedding (`Gather` with the table split by rows) and output layer / cross-entropy
-  with the vocabulary split by tp.
+  with the vocabulary split by tp;
+- LoRA adapters (`--lora-target-modules`, `peft/lora_layer.py`): the wrapped layer's primitives move
+  under `<module>.base_layer`; the adapter follows its base weight's tensor-parallel split as the
+  checkpoints do (`checkpoint/tp_split.py`): over a column-parallel linear A is whole and B's rows
+  are split (the update comes out split over features like the base output), over a row-parallel
+  linear A's columns are split (x A^T is a partial sum over tp, all-reduced at [rows, r] only) and
+  B is whole.
 """
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -58,6 +64,14 @@ class CellSetting:
 
 
 @dataclass
+class LoRASpec:
+    """The LoRA flags the plan needs: which linears are wrapped, the rank, whether dropout runs."""
+    targets: Tuple[str, ...]
+    r: int
+    dropout: float = 0.0
+
+
+@dataclass
 class ShardPlan:
     cfg: ParallelConfig
     model_cfg: object
@@ -67,6 +81,8 @@ class ShardPlan:
     notes: List[str] = field(default_factory=list)
     # tied embeddings with the output layer on another stage: the model needs its own copy
     tied_output_copy: bool = False
+    lora: Optional[LoRASpec] = None
+    lora_modules: List[str] = field(default_factory=list)   # module paths that carry an adapter
 
     def entries_for(self, cell_prefix: str) -> List[ShardEntry]:
         return [e for e in self.entries if e.cell == cell_prefix or e.cell.startswith(cell_prefix + ".")]
@@ -88,15 +104,17 @@ def _vision_tokens(cfg: ParallelConfig, vision_patches: Optional[int], merge: in
 
 
 def build_shard_plan(model_cfg, cfg: ParallelConfig, backend: str = "CPU", bf16: bool = False,
-                     vision_patches: Optional[int] = None) -> ShardPlan:
+                     vision_patches: Optional[int] = None, lora: Optional[LoRASpec] = None) -> ShardPlan:
     """All strategies and Cell settings for `model_cfg` (Qwen2VLConfig) under a validated `cfg`.
 
     `vision_patches`: patches per sample (defaults to the seq-length bound) for the shapes the
-    checker verifies; the strategies do not depend on it."""
+    checker verifies; the strategies do not depend on it. `lora`: the adapters `apply_lora` puts
+    on the model (the same target matching)."""
     v, p, t = model_cfg.vision, model_cfg.projector, model_cfg.text
     tp, dp, cp = cfg.tp, cfg.dp, cfg.cp
     sp = cfg.sequence_parallel
-    plan = ShardPlan(cfg=cfg, model_cfg=model_cfg, flash_attention=(backend.upper() == "ASCEND" and bf16))
+    plan = ShardPlan(cfg=cfg, model_cfg=model_cfg, flash_attention=(backend.upper() == "ASCEND" and bf16),
+                     lora=lora)
     layout = cfg.layout
     seq = cfg.padded_seq_length(cfg.seq_length or cfg.seq_split)
     batch = cfg.micro_batch_size * dp
@@ -119,20 +137,47 @@ def build_shard_plan(model_cfg, cfg: ParallelConfig, backend: str = "CPU", bf16:
 
     add = plan.entries.append
 
+    if lora is not None:
+        from mindspeed_ms.peft.lora_model import target_matches
+
+    def wrapped(module):
+        return lora is not None and any(target_matches(x, module) for x in lora.targets)
+
     def column(cell, rows, rsplit, n_in, n_out, stage, bias, wname):
-        add(ShardEntry(cell, "matmul", ((rsplit, 1), (tp, 1)), ((rows, n_in), (n_out, n_in)), "column", stage,
+        base = f"{cell}.base_layer" if wrapped(wname) else cell
+        add(ShardEntry(base, "matmul", ((rsplit, 1), (tp, 1)), ((rows, n_in), (n_out, n_in)), "column", stage,
                        contractions=((0, 1, 1, 1),), params={1: wname + ".weight"}))
         if bias:
-            add(ShardEntry(cell, "bias_add", ((rsplit, tp), (tp,)), ((rows, n_out), (n_out,)), "column-bias",
+            add(ShardEntry(base, "bias_add", ((rsplit, tp), (tp,)), ((rows, n_out), (n_out,)), "column-bias",
                            stage, params={1: wname + ".bias"}))
+        if base != cell:
+            adapter(cell, rows, rsplit, n_in, n_out, stage, wname, (rsplit, 1), (1, 1), (tp, 1), (rsplit, tp))
 
     def row(cell, rows, rsplit, n_in, n_out, stage, bias, wname, out_rsplit):
+        base = f"{cell}.base_layer" if wrapped(wname) else cell
         out = ((out_rsplit, 1),) if out_rsplit != rsplit else None
-        add(ShardEntry(cell, "matmul", ((rsplit, tp), (1, tp)), ((rows, n_in), (n_out, n_in)), "row", stage,
+        add(ShardEntry(base, "matmul", ((rsplit, tp), (1, tp)), ((rows, n_in), (n_out, n_in)), "row", stage,
                        out_strategy=out, contractions=((0, 1, 1, 1),), params={1: wname + ".weight"}))
         if bias:
-            add(ShardEntry(cell, "bias_add", ((out_rsplit, 1), (1,)), ((rows, n_out), (n_out,)), "row-bias",
+            add(ShardEntry(base, "bias_add", ((out_rsplit, 1), (1,)), ((rows, n_out), (n_out,)), "row-bias",
                            stage, params={1: wname + ".bias"}))
+        if base != cell:
+            adapter(cell, rows, rsplit, n_in, n_out, stage, wname, (rsplit, tp), (1, tp), (1, 1), (out_rsplit, 1))
+
+    def adapter(cell, rows, rsplit, n_in, n_out, stage, wname, x_split, a_split, b_split, y_split):
+        """LoRALinear's primitives: x [rows, in] -> x A^T [rows, r] -> (x A^T) B^T [rows, out], scaled,
+        added to the base output (which has `y_split`)."""
+        r = lora.r
+        plan.lora_modules.append(wname)
+        delta = (rsplit, b_split[0])
+        if lora.dropout > 0:
+            add(ShardEntry(f"{cell}.dropout", "dropout", (x_split,), ((rows, n_in),), "lora", stage))
+        add(ShardEntry(cell, "matmul_a", (x_split, a_split), ((rows, n_in), (r, n_in)), "lora", stage,
+                       contractions=((0, 1, 1, 1),), params={1: f"{wname}.lora_A.default.weight"}))
+        add(ShardEntry(cell, "matmul_b", ((rsplit, 1), b_split), ((rows, r), (n_out, r)), "lora", stage,
+                       contractions=((0, 1, 1, 1),), params={1: f"{wname}.lora_B.default.weight"}))
+        add(ShardEntry(cell, "mul_scale", (delta, ()), ((rows, n_out), ()), "lora", stage))
+        add(ShardEntry(cell, "add_delta", (y_split, y_split), ((rows, n_out), (rows, n_out)), "lora", stage))
 
     def attention(cell, b, kv, rep, s, d, bsplit, hsplit, qsplit, mask_b, stage, vit):
         """CoreAttention: queries grouped by kv head, q [b, kv, rep*s, d], k/v [b, kv, s, d],

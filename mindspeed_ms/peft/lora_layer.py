@@ -4,8 +4,8 @@
 
 `A` [r, in] starts Kaiming-uniform (the peft / torch `kaiming_uniform_(a=sqrt(5))` bound
 1/sqrt(in)), `B` [out, r] starts at zero, so a fresh adapter changes nothing. The base layer is
-kept whole (its own MatMul / Add primitives, so a shard strategy set on them still applies) and its
-parameters keep their MindSpeed-MM names; the adapter's are named as peft names them in the
+kept whole (its own MatMul / BiasAdd primitives keep their shard strategies, under `base_layer`) and
+its parameters keep their MindSpeed-MM names; the adapter's are named as peft names them in the
 checkpoints MindSpeed-MM writes: `<module>.lora_A.default.weight`, `<module>.lora_B.default.weight`.
 
 `gate` is one scalar Parameter shared by every adapter of a model (not trained, not saved): 1 runs
@@ -57,8 +57,12 @@ class LoRALinear(nn.Cell):
             # for training, so its dropout starts on; validation compiles its own graph inside
             # `training.train_step.inference_mode`, where it is off (the mode is read at compile time)
             self.dropout.set_train(True)
+        # one primitive per step of the adapter, so that the shard plan can give each a strategy
+        # (parallel/shard_plan.py; on CPU they run as the plain ops)
         self.matmul_a = ops.MatMul(transpose_b=True)
         self.matmul_b = ops.MatMul(transpose_b=True)
+        self.mul_scale = ops.Mul()
+        self.add_delta = ops.Add()
         self.reshape = ops.Reshape()
 
     def construct(self, x):
@@ -67,5 +71,6 @@ class LoRALinear(nn.Cell):
         if self.use_dropout:
             h = self.dropout(h)
         delta = self.matmul_b(self.matmul_a(h, self.lora_a), self.lora_b)
-        delta = delta * (self.gate * self.scaling).astype(delta.dtype)
-        return y + self.reshape(delta, y.shape)
+        delta = self.mul_scale(delta, (self.gate * self.scaling).astype(delta.dtype))
+        out = self.add_delta(self.reshape(y, (-1, self.out_features)), delta)
+        return self.reshape(out, y.shape)

@@ -55,15 +55,17 @@ class LoRASession:
         trainer.checkpoint_meta.update(self.checkpoint_args())
 
 
-def load_base_weights(model, base_dir: str, adapters: LoRAAdapters, logger=None):
-    """Load the base model's weights (every parameter but the adapters) from a full checkpoint."""
+def load_base_weights(model, base_dir: str, adapters: LoRAAdapters, logger=None, plan_tp: int = 1):
+    """Load the base model's weights (every parameter but the adapters) from a full checkpoint,
+    in the in-memory order of a sharded run with tensor parallel `plan_tp` (rank_params.to_plan_layout)."""
+    from mindspeed_ms.parallel.rank_params import to_plan_layout
     from mindspeed_ms.training.checkpointing import CheckpointLoadError, load_checkpoint
     from mindspeed_ms.training.trainer import TrainingError, load_model_state
     try:
         ck = load_checkpoint(base_dir)
     except (CheckpointLoadError, ValueError) as e:
         raise TrainingError(f"LoRA base model {base_dir}: {e}") from None
-    state = ck["model"]
+    state = {k: to_plan_layout(k, v, plan_tp) for k, v in ck["model"].items()}
     lora_names = [n for n in state if is_lora_name(n)]
     if lora_names and len(lora_names) == len(state):
         raise TrainingError(f"{ck['path']} holds LoRA adapter weights only ({len(lora_names)} tensors): LoRA needs "
@@ -77,8 +79,9 @@ def load_base_weights(model, base_dir: str, adapters: LoRAAdapters, logger=None)
         logger.print(f" > LoRA base model loaded from {base_dir} ({len(base_params)} tensors, frozen)")
 
 
-def attach_lora(model, args, logger=None) -> Optional[LoRASession]:
-    """With --lora-target-modules: adapters on, base frozen and loaded; None otherwise."""
+def attach_lora(model, args, logger=None, plan_tp: int = 1) -> Optional[LoRASession]:
+    """With --lora-target-modules: adapters on, base frozen and loaded; None otherwise. `plan_tp`:
+    the tensor-parallel size of a sharded run (its parameters hold the GLU rows per rank)."""
     from mindspeed_ms.training.trainer import TrainingError
     try:
         check_lora_args(args)
@@ -90,7 +93,7 @@ def attach_lora(model, args, logger=None) -> Optional[LoRASession]:
         raise TrainingError(str(e)) from None
     base_dir = args.load_base_model or args.load
     if base_dir:
-        load_base_weights(model, base_dir, adapters, logger)
+        load_base_weights(model, base_dir, adapters, logger, plan_tp)
     elif logger is not None:
         logger.notice("LoRA without --load-base-model or --load: the base model is randomly initialised")
     if logger is not None:

@@ -107,6 +107,22 @@ def build_reference(args, startup, backend, ref_dir, policy, lora):
     return FrozenReference(ref, ref_dir)
 
 
+def check_dpo_layout(startup, backend: str):
+    """DPO has the data-parallel step only: a layout that needs semi-auto parallel (TP/PP/CP > 1 or
+    the distributed optimizer on Ascend) stops here, before any compute, instead of running each
+    rank on the whole model with the wrong data split."""
+    from mindspeed_ms.parallel.train_setup import uses_sharded_path
+    cfg = startup.parallel
+    if uses_sharded_path(cfg, backend):
+        raise ArgumentError(
+            f"{PROG}: tensor {cfg.tp} x pipeline {cfg.pp} x context {cfg.cp} parallel"
+            f"{' with --use-distributed-optimizer' if cfg.use_distributed_optimizer else ''} needs the "
+            f"semi-auto-parallel DPO step, which this version does not have (DPO runs data parallel only; "
+            f"docs/lora_dpo.md). Run DPO with --tensor-model-parallel-size 1 --pipeline-model-parallel-size 1 "
+            f"--context-parallel-size 1 (every device holds the whole model; with LoRA only the adapters train), "
+            f"or fine-tune with pretrain_vlm.py, whose sharded path covers this layout.")
+
+
 def build_dpo_feed(args, startup, rank: int):
     """Ranking datasets of --mm-data through the `qwen2vl_dpo` collator, in Megatron's order."""
     from mindspeed_ms.config.data_config import load_data_json
@@ -220,6 +236,7 @@ def main(argv=None) -> int:
         check_lora_args(args)
         backend = detect_backend()
         startup = validate_args(args, world_size=world, backend=backend)
+        check_dpo_layout(startup, backend)
         ref_dir = resolve_reference(args)
         feed = build_dpo_feed(args, startup, rank)
     except (ArgumentError, TrainingError, LoRAConfigError, ValueError, OSError) as e:

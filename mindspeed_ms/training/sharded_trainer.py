@@ -13,7 +13,8 @@ such a layout before any compute. In order:
    `TiedGradSum`, clipping, AdamW) under `AutoParallel` (pipeline stages, interleave, `hsdp` for
    the distributed optimizer, data strategy by dp); bf16 + flash attention from --bf16
    --use-flash-attn; checkpoints written and read rank by rank in MindSpeed-MM's layout
-   (`parallel.rank_checkpoint`).
+   (`parallel.rank_checkpoint`). With `--lora-target-modules` the plan shards the adapters too, only
+   they train, and the rank files hold only them (as MindSpeed-MM's LoRA checkpoints).
 
 `dry=True` builds all of it on CPU and stops before compiling (what `tests/test_parallel_train_setup.py`
 checks); nothing here has been compiled or run on Ascend yet (docs/parallel.md).
@@ -30,7 +31,7 @@ import numpy as np
 from mindspeed_ms.parallel.layout import ParallelConfigError
 from mindspeed_ms.parallel.rank_checkpoint import (commit, load_stage_into, rank_parts, stage_names, to_mm_order,
                                                    write_rank_file)
-from mindspeed_ms.parallel.shard_plan import apply_shard_plan, build_shard_plan
+from mindspeed_ms.parallel.shard_plan import LoRASpec, apply_shard_plan, build_shard_plan
 from mindspeed_ms.parallel.tied_grads import tied_pairs
 from mindspeed_ms.parallel.train_setup import (FLASH_KEY, SHARDED_KEYS, autoparallel_settings, collator_options,
                                                dataset_vision_counts, fixed_vision_shapes, optimizer_param_groups,
@@ -81,7 +82,9 @@ class ShardedTrainer(Trainer):
         self.pcfg = startup.parallel
         self.coords = rank_coords(rank, self.pcfg)
         flash = uses_flash(args, backend)
-        self.plan = build_shard_plan(startup.model, self.pcfg, backend, bf16=flash)
+        lora = LoRASpec(tuple(args.lora_target_modules), args.lora_r, args.lora_dropout) \
+            if args.lora_target_modules else None
+        self.plan = build_shard_plan(startup.model, self.pcfg, backend, bf16=flash, lora=lora)
         # before the optimizer: the plan may add the tied output-layer copy (a new parameter)
         try:
             apply_shard_plan(model.network, self.plan)
@@ -290,4 +293,9 @@ def dry_run(argv, rank: int, world: int, logger=None) -> ShardedTrainer:
     feed = build_sharded_feed(args, startup, rank)
     logger = logger or TrainLogger(args.train_iters, False)
     model = build_model(startup.model, args, "Ascend")
-    return ShardedTrainer(args, startup, rank, world, logger, model, feed, backend="Ascend", dry=True)
+    from mindspeed_ms.peft.lora_training import attach_lora
+    lora = attach_lora(model, args, logger, plan_tp=startup.parallel.tp)
+    trainer = ShardedTrainer(args, startup, rank, world, logger, model, feed, backend="Ascend", dry=True)
+    if lora is not None:
+        lora.bind(trainer)
+    return trainer

@@ -348,7 +348,8 @@ def main(argv=None) -> int:
         init_runtime(args, backend, world, logger, data_parallel=not sharded)
         model = build_model(startup.model, args, backend)
         from mindspeed_ms.peft.lora_training import attach_lora
-        lora = attach_lora(model, args, logger)     # --lora-target-modules: adapters on, base frozen + loaded
+        # --lora-target-modules: adapters on, base frozen + loaded (in the sharded run's GLU order)
+        lora = attach_lora(model, args, logger, plan_tp=startup.parallel.tp if sharded else 1)
         if sharded:
             from mindspeed_ms.training.sharded_trainer import ShardedTrainer
             trainer = ShardedTrainer(args, startup, rank, world, logger, model, feed, backend)

@@ -160,6 +160,7 @@ class TextDecoder(nn.Cell):
         layer = Linear(self.hidden_size, self.vocab_size, False, self.init_method_std, table.dtype)
         # a host copy: Parameter.value() runs an Identity kernel, which CPU lacks for bf16 (dry runs)
         layer.weight.set_data(ms.Tensor(table.asnumpy()))
+        layer.weight.requires_grad = table.requires_grad  # frozen with the table (LoRA's frozen base)
         self.output_layer = layer
         # a Cell attached after construction is named from here down only: give it the full path
         prefix = table.name[:-len("embedding.word_embeddings.weight")]
