@@ -355,7 +355,7 @@ LORA = ("--tensor-model-parallel-size 2 --pipeline-model-parallel-size 2 --globa
         "--lora-dropout 0.1")
 
 
-def test_lora_on_the_sharded_path(work, built):
+def test_lora_on_the_sharded_path(work, built, monkeypatch):
     """LoRA (--lora-target-modules) on tp 2 x pp 2: the plan shards every adapter as its base weight's
     tensor-parallel split says (tp_split, the checkpoint rule) and moves the base primitives under
     base_layer; the static checker accepts it; the base model loads in the plan's GLU order; only the
@@ -372,7 +372,8 @@ def test_lora_on_the_sharded_path(work, built):
     src = {n: rng.standard_normal(p.shape).astype(np.float32) for n, p in base_tr.saved_params.items()
            if n != "text_decoder.output_layer.weight"}
     write_mm_checkpoint(str(work / "lora_base"), "release", src, checkpoint_layout(base_tr.plan))
-    LAYOUTS["tp2_pp2_lora"] = (LORA + f" --load-base-model {work}/lora_base", 8, [4, 0], [1, 3], False)
+    monkeypatch.setitem(LAYOUTS, "tp2_pp2_lora", (LORA + f" --load-base-model {work}/lora_base", 8, [4, 0], [1, 3],
+                                                  False))
     a, world = argv(work, "tp2_pp2_lora", f"--save {work}/save_lora")
     tr = dry_run(a, world - 1, world)
     cfg, plan = tr.pcfg, tr.plan
@@ -440,4 +441,3 @@ def test_lora_on_the_sharded_path(work, built):
     assert fresh.iteration == 2
     for n, p in fresh.saved_params.items():
         np.testing.assert_array_equal(p.asnumpy(), held[n], err_msg=n)
-    del LAYOUTS["tp2_pp2_lora"]
