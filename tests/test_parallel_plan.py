@@ -221,3 +221,47 @@ def test_plan_command_prints_and_validates(tmp_path):
                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
     assert bad.returncode == 2
     assert "invalid parallel layout" in bad.stderr and "is not divisible by tp 8" in bad.stderr
+
+
+@pytest.mark.parametrize("tp,pp,world", [(1, 4, 8), (4, 4, 16)])
+def test_lora_plan_and_memory(tp, pp, world):
+    """LoRA in the plan command: every Linear of the 7B model gets its adapters (strategies pass the
+    checker), each device's trainable parameters are exactly its adapter slices (A [r, in] and
+    B [out, r], split like the base weight), and grads/optimizer shrink to those."""
+    from mindspeed_ms.checkpoint.tp_split import tp_shape
+    from mindspeed_ms.parallel.rank_params import full_param_shapes, param_owner
+    from mindspeed_ms.parallel.shard_plan import LoRASpec
+    targets = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
+    out = io.StringIO()
+    argv = ["--mm-model", os.path.join(EX, "model_7b.json"), "--tensor-model-parallel-size", str(tp),
+            "--pipeline-model-parallel-size", str(pp), "--micro-batch-size", "1", "--seq-length", "1024",
+            "--num-devices", str(world)]
+    assert run(argv + ["--lora-target-modules", *targets, "--lora-r", "16"], out=out) == 0, out.getvalue()
+    text = out.getvalue()
+    assert "LoRA r 16 on 242 linears (base frozen)" in text and ": ok" in text  # 28 x 4 + 32 x 4 + 2
+    cfg = validate_parallel_config(_namespace(argv), load_model_json(os.path.join(EX, "model_7b.json")), world)
+    plan = build_shard_plan(load_model_json(os.path.join(EX, "model_7b.json")), cfg, "Ascend", True,
+                            lora=LoRASpec(targets, 16))
+    assert check_plan(plan) == []
+    full = estimate_memory(build_shard_plan(load_model_json(os.path.join(EX, "model_7b.json")), cfg, "Ascend", True))
+    shapes, owner = full_param_shapes(plan), param_owner(plan)
+    for n, shape in shapes.items():                 # A [r, in] and B [out, r] beside the base [out, in]
+        if ".lora_" in n:
+            base = shapes[n.split(".lora_")[0] + ".weight"]
+            assert shape == ((16, base[1]) if ".lora_A." in n else (base[0], 16)), n
+    for st, mem in enumerate(estimate_memory(plan)):
+        want = sorted(tp_shape(n, s, tp) for n, s in shapes.items() if ".lora_" in n and owner[n][0] == st)
+        got = sorted(tuple(s) for chunk in rank_param_shapes(plan, st).values() for n, s in chunk.items()
+                     if ".lora_" in n)
+        assert got and got == want      # each device's adapter slices are tp_split's (the checkpoint rule)
+        assert mem.trainable == sum(int(np.prod(s)) for s in got) and mem.grad_bytes == 4 * mem.trainable
+        assert mem.grad_bytes + mem.optimizer_bytes < (full[st].grad_bytes + full[st].optimizer_bytes) / 20
+        assert mem.weight_bytes > full[st].weight_bytes   # the base stays, plus the adapters
+
+
+def _namespace(argv):
+    from mindspeed_ms.parallel.plan import build_parser
+    ns = build_parser().parse_args(argv)
+    dp = max(1, ns.num_devices // (ns.tensor_model_parallel_size * ns.pipeline_model_parallel_size))
+    ns.global_batch_size = ns.micro_batch_size * dp * ns.pipeline_model_parallel_size
+    return ns

@@ -8,7 +8,8 @@ Model of the bytes (documented in docs/parallel.md):
 - fp32 runs (CPU): weights 4 B, gradients 4 B in the accumulators plus 4 B for the backward pass's
   own gradient outputs, which MicroStep holds until it adds them into the accumulators
   (training/train_step.py), Adam m and v 8 B (no master copy);
-- frozen parameters (vision encoder / projector with `freeze`) only hold their weights;
+- frozen parameters (vision encoder / projector with `freeze`; with LoRA everything but the
+  adapters) only hold their weights;
 - activations saved for backward, per layer and micro-batch, from the layer's ops (see
   `_text_layer_acts`); full recompute keeps only each layer's input (plus one layer's activations
   while it is recomputed); selective recompute drops the attention scores; a frozen ViT saves
@@ -34,6 +35,7 @@ from typing import List, Optional
 from mindspeed_ms.config.param_shapes import PROJECTOR_PREFIX, VISION_PREFIX
 from mindspeed_ms.parallel.rank_params import rank_param_shapes
 from mindspeed_ms.parallel.shard_plan import ShardPlan
+from mindspeed_ms.peft.lora_merge import is_lora_name
 
 GiB = 1024 ** 3
 
@@ -61,7 +63,9 @@ def _numel(shape):
     return n
 
 
-def _frozen(name, model_cfg):
+def _frozen(name, model_cfg, lora):
+    if lora is not None:
+        return not is_lora_name(name)
     if name.startswith(VISION_PREFIX):
         return model_cfg.vision.freeze
     if name.startswith(PROJECTOR_PREFIX):
@@ -152,7 +156,7 @@ def estimate_memory(plan: ShardPlan, dtype: str = "bf16", vision_patches: Option
             for name, shape in chunk.items():
                 n = _numel(shape)
                 params += n
-                if not _frozen(name, mc):
+                if not _frozen(name, mc, plan.lora):
                     trainable += n
         acts_chunks = []
         for pl in cfg.layout.stage_placements(stage):

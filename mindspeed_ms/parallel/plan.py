@@ -14,7 +14,7 @@ from mindspeed_ms.parallel.checker import check_plan
 from mindspeed_ms.parallel.config import ParallelConfigError, validate_parallel_config
 from mindspeed_ms.parallel.memory import GiB, estimate_memory
 from mindspeed_ms.parallel.rank_params import rank_param_shapes
-from mindspeed_ms.parallel.shard_plan import build_shard_plan
+from mindspeed_ms.parallel.shard_plan import LoRASpec, build_shard_plan
 
 
 def build_parser():
@@ -42,6 +42,10 @@ def build_parser():
                    help="ViT patches per sample for the activation estimate of a trainable ViT "
                         "(default: seq-length x spatial_merge_size^2, the most a sample can carry)")
     p.add_argument("--fp32", action="store_true", help="estimate an fp32 run (CPU) instead of bf16 (Ascend)")
+    p.add_argument("--lora-target-modules", nargs="+", default=None,
+                   help="LoRA run: the adapters' strategies and shapes, and memory with only the adapters trained")
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (with --lora-target-modules)")
+    p.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout (with --lora-target-modules)")
     return p
 
 
@@ -66,15 +70,29 @@ def run(argv=None, out=sys.stdout) -> int:
         print(f"error: invalid parallel layout: {e}", file=sys.stderr)
         return 2
     dtype = "fp32" if args.fp32 else "bf16"
+    lora = None
+    if args.lora_target_modules:
+        from mindspeed_ms.peft.lora_model import check_lora_options  # imports MindSpore: only for LoRA
+        try:
+            check_lora_options(args.lora_target_modules, args.lora_r, 1.0, args.lora_dropout)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        lora = LoRASpec(tuple(args.lora_target_modules), args.lora_r, args.lora_dropout)
     plan = build_shard_plan(model, cfg, backend="CPU" if args.fp32 else "Ascend", bf16=not args.fp32,
-                            vision_patches=args.vision_patches)
+                            vision_patches=args.vision_patches, lora=lora)
+    if lora is not None and not plan.lora_modules:
+        print(f"error: --lora-target-modules {' '.join(lora.targets)} matches no linear layer of the plan "
+              f"(linear_qkv, linear_proj, linear_fc1, linear_fc2)", file=sys.stderr)
+        return 2
     w = out.write
     w(f"layout: world {cfg.world_size} = dp {cfg.dp} x tp {cfg.tp} x pp {cfg.pp} x cp {cfg.cp}"
       + (f", vpp {cfg.vpp}" if cfg.vpp > 1 else "")
       + f"; micro-batch {cfg.micro_batch_size}, global batch {cfg.global_batch_size} "
         f"({cfg.num_micro_batches} micro-batches per step per dp rank)"
       + (", sequence parallel" if cfg.sequence_parallel else "")
-      + (", distributed optimizer" if cfg.use_distributed_optimizer else "") + "\n")
+      + (", distributed optimizer" if cfg.use_distributed_optimizer else "")
+      + (f"; LoRA r {lora.r} on {len(plan.lora_modules)} linears (base frozen)" if lora else "") + "\n")
     for note in cfg.notices + plan.notes:
         w(f"note: {note}\n")
 
