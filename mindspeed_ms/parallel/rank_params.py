@@ -91,9 +91,10 @@ def _is_glu(name: str) -> bool:
 def to_plan_layout(name: str, array, tp: int):
     """The in-memory order of a full (tp1 MM layout) parameter in a run with tensor parallel `tp`.
 
-    Only the LLM's fused GLU `linear_fc1` (and a LoRA B over it) differs: [gate; up] becomes [gate_0, up_0, gate_1, up_1,
-    ...] (rank r's mm-convert slice concat(gate[r], up[r]) at position r), so that contiguous
-    per-rank slicing (what semi-auto parallel does) yields exactly the mm-convert rank file."""
+    Only the LLM's fused GLU `linear_fc1` (and a LoRA B over it) differs: [gate; up] becomes
+    [gate_0, up_0, gate_1, up_1, ...] (rank r's mm-convert slice concat(gate[r], up[r]) at position
+    r), so that contiguous per-rank slicing (what semi-auto parallel does) yields exactly the
+    mm-convert rank file."""
     if tp == 1 or not _is_glu(name):
         return array
     gate, up = np.split(array, 2, axis=0)
