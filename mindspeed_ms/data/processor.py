@@ -319,7 +319,8 @@ class Qwen2VLImageProcessor:
             h, w = arr.shape[:2]
             rh, rw = self._target_size(h, w, min_pixels, max_pixels)
             gh, gw = rh // p, rw // p
-            order = resample.pass_order(w, h, rw, rh, _vertical_first(w, h, rw, rh)) if self.do_resize else resample.NONE
+            order = resample.pass_order(w, h, rw, rh, _vertical_first(w, h, rw, rh)) if self.do_resize \
+                else resample.NONE
             out = np.empty(rh * rw * 3 * tp, np.float32)
             workers = min(self.num_threads, gh // m, max(1, rh * rw // _PIXELS_PER_THREAD))
             if workers == 1:
