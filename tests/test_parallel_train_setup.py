@@ -74,6 +74,34 @@ def argv(work, name, extra=""):
             f"--train-iters 2 --seed 3 {flags} {extra}").split(), world
 
 
+def save_every_writer(tr, iteration):
+    """Write every writer rank's file of `iteration` as the sharded save does, then commit; the writer ranks."""
+    cfg = tr.pcfg
+    writers = [r for r in range(cfg.world_size) if rank_coords(r, cfg).dp == 0 and rank_coords(r, cfg).cp == 0]
+    own = tr.coords
+    for r in writers:
+        tr.coords = rank_coords(r, cfg)
+        tr.write_rank_checkpoint()
+    tr.coords = own
+    commit(tr.args.save, iteration, tr.plan)
+    return writers
+
+
+def rank_file(root, iteration, rank, cfg):
+    from auto_convert import torch_format
+    from mindspeed_ms.checkpoint.layout import rank_dir_name
+    c = rank_coords(rank, cfg)
+    return torch_format.load(os.path.join(root, f"iter_{iteration:07d}", rank_dir_name(c.tp, c.pp, cfg.pp),
+                                          "model_optim_rng.pt"))
+
+
+def load_every_stage(fresh, world):
+    """`load()` on one rank of each pipeline stage of a fresh dry trainer."""
+    for st in range(fresh.pcfg.pp):
+        fresh.coords = rank_coords(st * (world // fresh.pcfg.pp), fresh.pcfg)
+        fresh.load()
+
+
 @pytest.fixture(scope="module")
 def built(work):
     """One dry trainer per layout, for its last rank (the logging rank, last pipeline stage)."""
@@ -224,24 +252,15 @@ def test_rank_checkpoints_are_the_plan_slices_and_mm_convert_split(work, built, 
         m.set_data(tr.ms.Tensor(rng.standard_normal(m.shape).astype(np.float32)))
     tr.iteration, tr.optimizer.step = 3, 3
     root = tr.args.save
-    writers = [r for r in range(cfg.world_size) if rank_coords(r, cfg).dp == 0 and rank_coords(r, cfg).cp == 0]
+    writers = save_every_writer(tr, 3)
     assert len(writers) == cfg.tp * cfg.pp
-    own = tr.coords
-    for r in writers:
-        tr.coords = rank_coords(r, cfg)
-        tr.write_rank_checkpoint()
-    tr.coords = own
-    commit(root, 3, plan)
     layout = checkpoint_layout(plan)
     held = {n: host_array(p.asnumpy()) for n, p in tr.saved_params.items()}   # plan (in-memory) layout
     mm = {n: from_plan_layout(n, a, cfg.tp) for n, a in held.items()}
     strategies, owner = plan.param_strategies(), param_owner(plan)
-    from auto_convert import torch_format
-    from mindspeed_ms.checkpoint.layout import rank_dir_name
     for r in writers:
         c = rank_coords(r, cfg)
-        f = torch_format.load(os.path.join(root, "iter_0000003", rank_dir_name(c.tp, c.pp, cfg.pp),
-                                           "model_optim_rng.pt"))
+        f = rank_file(root, 3, r, cfg)
         want = split_for_rank(mm, c.tp, c.pp, layout)
         keys = ["model"] if cfg.vpp == 1 else [f"model{v}" for v in range(cfg.vpp)]
         assert sorted(k for k in f if k.startswith("model")) == keys
@@ -273,9 +292,7 @@ def test_rank_checkpoints_are_the_plan_slices_and_mm_convert_split(work, built, 
     fresh = dry_run(a, world - 1, world)
     for p in fresh.saved_params.values():
         p.set_data(tr.ms.Tensor(np.zeros(p.shape, np.float32)).astype(p.dtype))
-    for st in range(cfg.pp):
-        fresh.coords = rank_coords(st * (world // cfg.pp), cfg)
-        fresh.load()
+    load_every_stage(fresh, world)
     assert fresh.iteration == 3 and fresh.optimizer.step == 3
     for n, p in fresh.saved_params.items():
         np.testing.assert_array_equal(host_array(p.asnumpy()), held[n], err_msg=n)
@@ -298,9 +315,7 @@ def test_mm_convert_rank_files_load_stage_by_stage(work, built):
     write_mm_checkpoint(str(work / "mmconv"), "release", src, checkpoint_layout(tr.plan))
     a, world = argv(work, name, f"--load {work}/mmconv")
     fresh = dry_run(a, world - 1, world)
-    for st in range(cfg.pp):
-        fresh.coords = rank_coords(st * (world // cfg.pp), cfg)
-        fresh.load()
+    load_every_stage(fresh, world)
     for n, p in fresh.saved_params.items():
         want = src["text_decoder.embedding.word_embeddings.weight"] if n == "text_decoder.output_layer.weight" else src[n]
         held = host_array(p.asnumpy())   # bf16 run: the loaded values rounded to bf16
@@ -412,20 +427,10 @@ def test_lora_on_the_sharded_path(work, built, monkeypatch):
     mm = {n: from_plan_layout(n, x, tp) for n, x in held.items()}
     tr.iteration = 2
     root = tr.args.save
-    writers = [r for r in range(cfg.world_size) if rank_coords(r, cfg).dp == 0 and rank_coords(r, cfg).cp == 0]
-    own = tr.coords
-    for r in writers:
-        tr.coords = rank_coords(r, cfg)
-        tr.write_rank_checkpoint()
-    tr.coords = own
-    commit(root, 2, plan)
-    from auto_convert import torch_format
-    from mindspeed_ms.checkpoint.layout import rank_dir_name
     layout = checkpoint_layout(plan)
-    for r in writers:
+    for r in save_every_writer(tr, 2):
         c = rank_coords(r, cfg)
-        f = torch_format.load(os.path.join(root, "iter_0000002", rank_dir_name(c.tp, c.pp, cfg.pp),
-                                           "model_optim_rng.pt"))
+        f = rank_file(root, 2, r, cfg)
         want = split_for_rank(mm, c.tp, c.pp, layout)["model"]
         assert sorted(f["model"]) == sorted(want) and all(is_lora_name(n) for n in f["model"])
         for local, arr in f["model"].items():
@@ -435,9 +440,7 @@ def test_lora_on_the_sharded_path(work, built, monkeypatch):
     # a fresh run (other seed: other initial adapters) resumes the adapters stage by stage
     a, world = argv(work, "tp2_pp2_lora", f"--load {root} --seed 11")
     fresh = dry_run(a, world - 1, world)
-    for st in range(cfg.pp):
-        fresh.coords = rank_coords(st * (world // cfg.pp), cfg)
-        fresh.load()
+    load_every_stage(fresh, world)
     assert fresh.iteration == 2
     for n, p in fresh.saved_params.items():
         np.testing.assert_array_equal(p.asnumpy(), held[n], err_msg=n)

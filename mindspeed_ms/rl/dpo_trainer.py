@@ -128,8 +128,7 @@ def build_dpo_feed(args, startup, rank: int):
     from mindspeed_ms.config.data_config import load_data_json
     from mindspeed_ms.data.collator import build_collator
     from mindspeed_ms.data.dataset import build_datasets
-    from mindspeed_ms.data.sampler import feed_order
-    from mindspeed_ms.training.data_feed import DataFeed
+    from mindspeed_ms.training.build import make_feed
 
     cfg = load_data_json(args.mm_data)
     dl = cfg.dataloader_param
@@ -138,18 +137,7 @@ def build_dpo_feed(args, startup, rank: int):
                          f"attr.rejected naming the two answers, and collate_param.model_name \"qwen2vl_dpo\"), as in "
                          f"examples/mindspore/qwen2vl/data_72b_dpo.json")
     train, val = build_datasets(cfg, args.seq_length, seed=args.seed)
-    collator = build_collator(cfg, args.seq_length)
-    common = dict(micro_batch_size=args.micro_batch_size, dp_size=args.data_parallel_size, dp_rank=rank,
-                  grad_acc_steps=args.grad_acc_steps)
-    if cfg.basic_parameters.streaming:
-        from mindspeed_ms.training.data_feed import StreamFeed
-        return StreamFeed(train, val, collator, **common)
-    gbs = args.micro_batch_size * args.data_parallel_size * args.grad_acc_steps
-    return DataFeed(len(train), lambda idx: collator([train[i] for i in idx]), seed=args.seed,
-                    order=feed_order(cfg, train, args.seed, gbs),
-                    val_num_samples=len(val) if val is not None else 0,
-                    make_val_batch=(lambda idx: collator([val[i] for i in idx])) if val is not None else None,
-                    source=f"the training set of {args.mm_data}", **common)
+    return make_feed(args, cfg, train, val, build_collator(cfg, args.seq_length), rank)
 
 
 class DPOTrainer(Trainer):

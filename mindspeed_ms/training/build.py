@@ -60,8 +60,6 @@ def build_feed(args, startup, rank: int, collator_options=None):
     from mindspeed_ms.config.data_config import load_data_json
     from mindspeed_ms.data.collator import build_collator
     from mindspeed_ms.data.dataset import build_datasets
-    from mindspeed_ms.data.sampler import feed_order
-    from mindspeed_ms.training.data_feed import DataFeed, StreamFeed
 
     cfg = load_data_json(args.mm_data)
     dl = cfg.dataloader_param
@@ -70,6 +68,15 @@ def build_feed(args, startup, rank: int, collator_options=None):
                          f"for preference training; use posttrain_qwen2vl_dpo.py with it")
     train, val = build_datasets(cfg, args.seq_length, seed=args.seed)
     collator = build_collator(cfg, args.seq_length, **(collator_options(train, cfg) if collator_options else {}))
+    return make_feed(args, cfg, train, val, collator, rank)
+
+
+def make_feed(args, cfg, train, val, collator, rank: int):
+    """This rank's feed over built datasets (SFT and DPO alike): a `StreamFeed` for `streaming: true`,
+    else a `DataFeed` in data.json's sample order (`data.sampler.feed_order`, steps = global batches)."""
+    from mindspeed_ms.data.sampler import feed_order
+    from mindspeed_ms.training.data_feed import DataFeed, StreamFeed
+
     common = dict(micro_batch_size=args.micro_batch_size, dp_size=args.data_parallel_size, dp_rank=rank,
                   grad_acc_steps=args.grad_acc_steps)
     if cfg.basic_parameters.streaming:
