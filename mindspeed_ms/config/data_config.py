@@ -61,6 +61,7 @@ class BasicParameters:
 @dataclass
 class DatasetAttr:
     ranking: bool = False
+    packing: bool = False       # MindSpeed-MM 26.0.0's packing switch for supervised data (data.packing)
     formatting: str = "sharegpt"
     system: Optional[str] = None
     images: Optional[str] = None
