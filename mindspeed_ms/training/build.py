@@ -84,7 +84,11 @@ def make_feed(args, cfg, train, val, collator, rank: int):
         if packing:
             raise ValueError(f"--mm-data {args.mm_data}: packing needs every sample's length before training, "
                              f"which a stream does not give; set streaming: false or turn packing off")
-        return StreamFeed(train, val, collator, **common)
+        feed = StreamFeed(train, val, collator, **common)
+        if getattr(args, "num_workers", 0):
+            feed.summary = (" > notice: --num-workers has no effect with streaming: true (the stream is read in "
+                            "the training loop)")
+        return feed
     summary = None
     if packing:
         if packing == "neat" and getattr(args, "backend", "CPU") == "Ascend" and getattr(args, "use_flash_attn", False):

@@ -132,17 +132,18 @@ def segment_causal_mask(attention_mask):
     """Additive [B, 1, S, S] mask for a full sequence whose `attention_mask` may number packed
     samples (neat packing: 1..k per sample, 0 padding; `data.packing`): query i sees key j <= i of
     its own sample. With a 0/1 mask this is `causal_padding_mask` (a padding query, number 0,
-    sees every real key before it, as there)."""
-    s = attention_mask.shape[1]
+    sees every real key before it, as there). Every operand is tiled to [B, S, S] first: no
+    broadcasting kernels (layers/tiling.py)."""
+    b, s = attention_mask.shape
     seg = ops.cast(attention_mask, ms.float32)
+    seg_q = ops.tile(ops.expand_dims(seg, 2), (1, 1, s))
+    seg_k = ops.tile(ops.expand_dims(seg, 1), (1, s, 1))
     q_idx = ops.arange(s).reshape(s, 1)
     k_idx = ops.arange(s).reshape(1, s)
-    causal = ops.expand_dims(ops.cast(k_idx <= q_idx, ms.float32), 0)
-    seg_q = ops.expand_dims(seg, 2)
-    seg_k = ops.expand_dims(seg, 1)
-    same = ops.logical_or(ops.equal(seg_q, seg_k), ops.equal(seg_q, 0.0))
-    keep = causal * ops.cast(same, ms.float32) * ops.cast(seg_k > 0, ms.float32)
-    return ops.expand_dims((1.0 - keep) * MASK_VALUE, 1)
+    causal = ops.tile(ops.expand_dims(ops.tile(q_idx, (1, s)) >= ops.tile(k_idx, (s, 1)), 0), (b, 1, 1))
+    same = ops.logical_or(ops.equal(seg_q, seg_k), seg_q < 0.5)
+    keep = ops.logical_and(ops.logical_and(same, seg_k > 0.5), causal)
+    return ops.expand_dims((1.0 - ops.cast(keep, ms.float32)) * MASK_VALUE, 1)
 
 
 class TextDecoder(nn.Cell):
