@@ -162,11 +162,15 @@ class HFSamples:
     def __len__(self):
         return len(self.rows)
 
-    def __getitem__(self, i):
+    def start(self, _worker_id=None):
+        """Import transformers and build the processor (a DataLoader worker's `worker_init_fn`)."""
         from transformers import Qwen2VLImageProcessor
-        from mindspeed_ms.data.image_io import load_image, pre_resize
         if self.proc is None:
             self.proc = Qwen2VLImageProcessor()
+
+    def __getitem__(self, i):
+        from mindspeed_ms.data.image_io import load_image, pre_resize
+        self.start()
         row = self.rows[int(i)]
         out = {"input_ids": row["input_ids"], "labels": row["labels"]}
         if row["images"]:
@@ -211,9 +215,10 @@ def worker_hf(a):
     mcfg = load_model_json(TINY_JSON)
     model, opt, params = build_hf(mcfg)
     order = np.concatenate([EpochOrder(len(train), 1234, True)(e) for e in range(4)]).tolist()
-    loader = torch.utils.data.DataLoader(HFSamples(train.rows, cfg, SETTINGS[a.dataset][1]), a.micro_batch_size,
-                                         sampler=order, num_workers=a.num_workers, collate_fn=pad_collate,
-                                         drop_last=True, persistent_workers=a.num_workers > 0)
+    samples = HFSamples(train.rows, cfg, SETTINGS[a.dataset][1])
+    loader = torch.utils.data.DataLoader(samples, a.micro_batch_size, sampler=order, num_workers=a.num_workers,
+                                         collate_fn=pad_collate, drop_last=True, worker_init_fn=samples.start,
+                                         persistent_workers=a.num_workers > 0)
     it = iter(loader)
 
     def step():
@@ -228,7 +233,8 @@ def worker_hf(a):
         rows = int((b["labels"][:, 1:] != -100).sum())
         return int(sum(lens)), len(lens), step_flops(mcfg, lens, frames, rows)
 
-    for _ in range(a.warmup):
+    # every worker process has started (imported transformers) and delivered a batch before timing
+    for _ in range(max(a.warmup, a.num_workers + 1)):
         step()
     tokens = samples = flop = 0
     t0 = time.perf_counter()
