@@ -300,7 +300,8 @@ def throughput(a):
                "ours_compile_s": statistics.median(x["compile_s"] for x in runs["ours"]),
                "loss_step1_ours": runs["ours"][0]["loss_step1"], "loss_step1_hf": runs["hf"][0]["loss_step1"]}
     summary["rss_ratio"] = round(summary["ours_peak_rss_mb"] / summary["hf_peak_rss_mb"], 3)
-    summary["loss_rel_diff"] = abs(summary["loss_step1_ours"] - summary["loss_step1_hf"]) / abs(summary["loss_step1_hf"])
+    summary["loss_rel_diff"] = (abs(summary["loss_step1_ours"] - summary["loss_step1_hf"])
+                                / abs(summary["loss_step1_hf"]))
     best_peak = max(peak["mindspore_gflops"], peak["torch_gflops"])
     for impl in impls:
         gf = statistics.median(x["achieved_gflops"] for x in runs[impl])

@@ -106,7 +106,8 @@ def make_feed(args, cfg, train, val, collator, rank: int):
                     order=feed_order(cfg, train, args.seed, gbs),
                     val_num_samples=len(val) if val is not None else 0,
                     make_val_batch=(lambda idx: collator([val[i] for i in idx])) if val is not None else None,
-                    source=f"the training set of {args.mm_data}" + (" packed into rows" if packing else ""), num_workers=loader_threads(getattr(args, "num_workers", 0)),
+                    source=f"the training set of {args.mm_data}" + (" packed into rows" if packing else ""),
+                    num_workers=loader_threads(getattr(args, "num_workers", 0)),
                     prefetch_steps=dl.prefetch_factor, **common)
     feed.summary = summary
     return feed

@@ -72,7 +72,7 @@ def make_loss_weights(labels: np.ndarray, mode: str, num_micro_batches: int, dp_
             # collator drops every sample's first label, so s and s+1 are in the same sample)
             segments = np.asarray(segments)
             key = np.arange(valid.shape[0])[:, None] * (int(segments.max(initial=0)) + 1) + segments
-            ids, inverse, counts = np.unique(key[valid], return_inverse=True, return_counts=True)
+            _, inverse, counts = np.unique(key[valid], return_inverse=True, return_counts=True)
             w[valid] = 1.0 / (counts[inverse].astype(np.float64) * global_batch_size)
     else:
         if global_valid_tokens is None:
