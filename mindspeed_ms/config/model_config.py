@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 DTYPES = ("fp32", "fp16", "bf16")
+# `image_encoder.vision_encoder.attention_mask_type` values qwen2vit runs (None: key absent)
+VISION_MASK_TYPES = (None, "general")
 
 
 class ModelConfigError(ValueError):
@@ -131,6 +133,10 @@ class VisionEncoderConfig:
     recompute_granularity: Optional[str] = None
     recompute_method: Optional[str] = None
     recompute_num_layers: Optional[int] = None
+    # MindSpeed-MM 2.2.0+: the mask the ViT attention uses. "general" = each image / frame attends
+    # only within itself (the block-diagonal mask from cu_seqlens, what qwen2vit is trained with);
+    # null (older releases) means the same.
+    attention_mask_type: Optional[str] = None
 
     def _finalize(self, where, section):
         _check(self.model_id == "qwen2vit", where, f"{section}.model_id", f"is '{self.model_id}'; this framework builds 'qwen2vit'")
@@ -154,6 +160,9 @@ class VisionEncoderConfig:
         _check(not self.post_layer_norm, where, f"{section}.post_layer_norm", "must be false: qwen2vit has no post layer norm")
         _check(self.add_qkv_bias and self.add_bias_linear, where, f"{section}.add_qkv_bias/add_bias_linear",
                "must be true: the Qwen2-VL checkpoints have ViT biases")
+        _check(self.attention_mask_type in VISION_MASK_TYPES, where, f"{section}.attention_mask_type",
+               f"is {self.attention_mask_type!r}; qwen2vit supports 'general' (each image attends within "
+               f"itself, bidirectionally) or null; a causal ViT mask is not how Qwen2-VL was trained")
         _check_pipeline_num_layers(self.pipeline_num_layers, self.num_layers, where, section)
 
     @property
