@@ -101,6 +101,7 @@ def _release_shaped_tiny(path):
     return path
 
 
+@pytest.mark.slow      # every training test already runs model_tiny.json, which has the 2.2.0+ keys
 def test_tiny_config_trains_from_a_release_shaped_model_json(tmp_path):
     from test_train_loop import make_trainer, run
     mj = _release_shaped_tiny(str(tmp_path / "model_release.json"))

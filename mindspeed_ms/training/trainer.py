@@ -21,6 +21,7 @@ import numpy as np
 
 from mindspeed_ms.arguments import ArgumentError, Startup, TrainingArgs, parse_args, validate_args
 from mindspeed_ms.training.backend import detect_backend, dist_env
+from mindspeed_ms.training.empty_micro_batches import pad_with_empty
 from mindspeed_ms.training.loss_weights import count_valid_tokens, make_loss_weights
 from mindspeed_ms.training.lr_schedule import LRSchedule
 from mindspeed_ms.training.train_log import TrainLogger
@@ -95,6 +96,7 @@ class Trainer:
         n_all = sum(int(np.prod(p.shape)) for p in self.named_params.values())
         logger.print(f" > parameters: {n_all:,} total, {n_train:,} trainable"
                      + (f" (frozen: {', '.join(p.rstrip('.') for p in frozen)})" if frozen else ""))
+        self.step_micro_batches = self._micro_batches_per_step()
         self._build_steps()
         self.schedule = LRSchedule.from_args(args)
         # CPU: one graph with dynamic batch/sequence/patch dimensions (compiles once; measured ~20 s for
@@ -109,6 +111,11 @@ class Trainer:
             from mindspeed_ms.training.train_step import AllReduceSum
             self.allreduce = AllReduceSum()
 
+    def _micro_batches_per_step(self) -> int:
+        """Micro-batches one step runs: the real ones (GA); more only where the step needs padding
+        with empty ones (`empty_micro_batches`; the sharded pipeline with fewer than pp)."""
+        return self.ga
+
     def _build_steps(self):
         """Optimizer and compiled step Cells (the sharded Ascend trainer builds its own)."""
         from mindspeed_ms.training.optimizer import AdamW
@@ -117,7 +124,7 @@ class Trainer:
         args = self.args
         self.optimizer = AdamW(self.trainable, args.adam_beta1, args.adam_beta2, args.adam_eps, args.weight_decay)
         # one micro-batch per step: one graph for the whole step, no accumulation buffers
-        self.whole_step = self.ga == 1
+        self.whole_step = self.step_micro_batches == 1
         if self.whole_step:
             self.micro = TrainStep(self.model, self.trainable, self.optimizer, args.clip_grad, self.dp)
         else:
@@ -227,6 +234,8 @@ class Trainer:
         if len(micro_batches) != self.ga:
             raise TrainingError(f"the data feed gave {len(micro_batches)} micro-batches, expected {self.ga}")
         self._weights(micro_batches, self._global_valid_tokens(micro_batches))
+        real = len(micro_batches)
+        micro_batches = pad_with_empty(micro_batches, self.step_micro_batches)
         lr = self.schedule.get_lr()
         if self.whole_step:
             mb = micro_batches[0]
@@ -239,7 +248,8 @@ class Trainer:
             for i, mb in enumerate(micro_batches):
                 out = self.micro(ms.Tensor(i == 0), *self._tensors(mb), *self._loss_rows(mb))
                 local += float(out.asnumpy())
-                tokens += float(np.asarray(mb["attention_mask"]).sum())
+                if i < real:
+                    tokens += float(np.asarray(mb["attention_mask"]).sum())
             stats = ms.Tensor(np.array([local, tokens], dtype=np.float32))
             stats_sum, norm = self.opt_step(stats, *self.optimizer.host_scalars(lr))
         self.optimizer.step += 1
