@@ -121,10 +121,14 @@ class TrainingArgs:
 
     # ---- logging and evaluation --------------------------------------------------------------
     log_interval: int = _f(100, "steps between log lines")
-    log_tps: bool = _f(False, "log the mean 'tokens per sample' (the scripts turn it into tokens/s)")
+    log_tps: bool = _f(False, "log MindSpeed-MM's 'tokens per sample' (the padded sequence length the language "
+                              "model sees; the scripts turn it into tokens/s) and the real (non-padding) tokens per sample")
     eval_interval: int = _f(1000, "steps between validation runs")
     eval_iters: int = _f(100, "validation batches per run")
     tensorboard_dir: Optional[str] = _f(None, "write TensorBoard scalars here")
+    wandb_project: str = _f("", "W&B project to log the scalars to (empty: off; needs the wandb package)")
+    wandb_exp_name: str = _f("", "W&B run name (required with --wandb-project)")
+    wandb_save_dir: str = _f("", "directory of the W&B run files (default <--save>/wandb)")
 
     # ---- DPO (posttrain_qwen2vl_dpo.py) ------------------------------------------------------
     dpo_beta: float = _f(0.1, "DPO beta")
@@ -341,6 +345,9 @@ def validate_args(args: TrainingArgs, world_size: int = 1, backend: str = "CPU",
         _err(f"--save-interval must be positive (got {args.save_interval}).")
     if args.log_interval <= 0 or args.eval_interval <= 0:
         _err("--log-interval and --eval-interval must be positive.")
+    from mindspeed_ms.training.wandb_writer import wandb_problem
+    if wandb_problem(args):
+        _err(wandb_problem(args))
     notices += [f"{flag}: no effect on {backend}" if "(" not in flag else flag
                 for flag in no_effect_flags(args, backend)]
     return Startup(notices=notices, model=model, parallel=pcfg)

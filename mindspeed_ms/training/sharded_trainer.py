@@ -150,6 +150,12 @@ class ShardedTrainer(Trainer):
     def _micro_batches_per_step(self) -> int:
         return self.pcfg.pipeline_micro_batches
 
+    def _dp_mean(self, value: float) -> float:
+        return float(self._world_sum([value])[0]) / self.dp
+
+    def _reports_memory(self) -> bool:
+        return self.coords.dp == 0          # Megatron: every rank of data-parallel index 0
+
     def train_step(self, micro_batches: List[Dict]):
         inputs = self.step_inputs(micro_batches)
         self._check_not_dry("train_step")
