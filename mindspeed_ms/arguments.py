@@ -330,6 +330,8 @@ def validate_args(args: TrainingArgs, world_size: int = 1, backend: str = "CPU",
     except (ModelConfigError, ValueError) as e:
         _err(f"--mm-model {args.mm_model}: {e}")
     notices += check_against_model_json(args, model, args.mm_model)
+    from mindspeed_ms.config.model_config import model_no_effect_notices
+    notices += model_no_effect_notices(model)
 
     if args.calculate_per_sample_loss and args.calculate_per_token_loss:
         _err("--calculate-per-sample-loss and --calculate-per-token-loss are mutually exclusive: choose one "

@@ -111,3 +111,16 @@ def test_tiny_config_trains_from_a_release_shaped_model_json(tmp_path):
                                 "--lr-decay-style constant", samples, model_json=mj)
     losses = run(tr, 3)
     assert all(np.isfinite(losses)) and tr.startup.model.vision.attention_mask_type == "general"
+
+
+def test_model_json_kernel_switches_say_they_do_nothing_and_dropout_is_refused():
+    from mindspeed_ms.config.model_config import model_no_effect_notices
+    cfg = load_model_json(os.path.join(FIX, NEWEST, "ms_model_7b.json"))
+    notes = model_no_effect_notices(cfg)
+    assert [n.split(": ", 1)[1].split(" = ")[0] for n in notes] == [
+        "image_encoder.vision_encoder.use_fused_rotary_pos_emb", "text_decoder.use_fused_rotary_pos_emb"]
+    assert all("has no effect here (" in n for n in notes)
+    data = json.load(open(os.path.join(EX, "model_tiny.json")))
+    data["text_decoder"]["hidden_dropout"] = 0.1
+    with pytest.raises(ModelConfigError, match=r"text_decoder\.hidden_dropout' is 0\.1; dropout is not implemented"):
+        model_config_from_dict(data, "m.json")
