@@ -118,3 +118,25 @@ def test_empty_micro_batches_under_msrun_data_parallel(tmp_path):
     assert r.returncode == 0, logs
     for rank in (0, 1):
         _check_unchanged(np.load(tmp_path / "out" / f"rank{rank}.npz"))
+
+
+def test_sharded_step_inputs_are_padded_to_the_pipeline_micro_size():
+    """ShardedTrainer.step_inputs: weights over the real micro-batches, then the empty ones, stacked."""
+    import types
+    from mindspeed_ms.training.loss_weights import make_loss_weights
+    from mindspeed_ms.training.sharded_trainer import ShardedTrainer
+    rng = np.random.default_rng(1)
+    mbs = [{"input_ids": rng.integers(0, 9, (1, 8)), "labels": np.where(rng.random((1, 8)) > 0.3, 5, -100)}
+           for _ in range(2)]
+
+    def weights(self, micro_batches, _):
+        for mb in micro_batches:
+            mb["loss_weights"] = make_loss_weights(mb["labels"], "default", len(micro_batches), 1)
+
+    fake = types.SimpleNamespace(ga=2, settings=types.SimpleNamespace(micro_size=4), keys=["input_ids", "loss_weights"],
+                                 _global_valid_tokens=lambda mb: None)
+    fake._weights = types.MethodType(weights, fake)
+    ids, w = ShardedTrainer.step_inputs(fake, mbs)
+    assert ids.shape == (4, 8) and w.shape[0] == 4
+    np.testing.assert_array_equal(ids[2], ids[1])
+    assert not w[2:].any() and w[:2].sum() == pytest.approx(1.0, rel=1e-6)   # normalised over the real 2
