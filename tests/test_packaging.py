@@ -90,8 +90,11 @@ def _run_installed(venv, tmp_path):
 
     where = run(py, "-c", "import mindspeed_ms, auto_convert; print(mindspeed_ms.__file__, auto_convert.__file__)")
     assert ROOT not in where and str(venv) in where
-    assert "hf_to_mm" in run(str(venv / "bin" / "mm-convert"), "--help")
-    run(py, "-m", "mindspeed_ms.tools.make_tiny_checkpoint", str(work / "hf"), "--seed", "3")
+    assert "Qwen2VLConverter" in run(str(venv / "bin" / "mm-convert"), "--help")
+    # the examples are not part of the wheel: a user passes their model.json
+    shutil.copy(os.path.join(ROOT, "examples", "mindspore", "qwen2vl", "model_tiny.json"), work / "model.json")
+    run(py, "-m", "mindspeed_ms.tools.make_tiny_checkpoint", str(work / "hf"), "--seed", "3",
+        "--mm-model", str(work / "model.json"))
     run(str(venv / "bin" / "mm-convert"), "Qwen2VLConverter", "hf_to_mm", "--cfg.mm_dir", str(work / "mm"),
         "--cfg.hf_config.hf_dir", str(work / "hf"), "--cfg.parallel_config.llm_pp_layers", "[[2]]",
         "--cfg.parallel_config.vit_pp_layers", "[[2]]", "--cfg.parallel_config.tp_size", "1",
