@@ -107,9 +107,18 @@ _msms_prepare_venv() {
         _msms_step "installing requirements.txt (mindspore is ~800 MB on first install; this takes a few minutes)"
         "$venv/bin/python" -m pip install -r "$repo/requirements.txt" \
             || { _msms_fail "install requirements.txt" "pip failed (see above); fix the network/index and source again"; return 1; }
-        # Only the vocabulary file of dashscope is read (tools/build_tokenizer.py): no dependencies.
-        "$venv/bin/python" -m pip install --no-deps -r "$repo/requirements-demo.txt" \
-            || { _msms_fail "install requirements-demo.txt" "pip failed (see above)"; return 1; }
+        # The demo reads only the Qwen vocabulary file of the dashscope wheel
+        # (tools/build_tokenizer.py): that file is unpacked; the package and its 35 dependencies
+        # are not installed.
+        _msms_step "unpacking the Qwen vocabulary file from the wheel named in requirements-demo.txt"
+        local wheels
+        wheels=$(mktemp -d) && "$venv/bin/python" -m pip download --quiet --no-deps --only-binary=:all: \
+                -d "$wheels" -r "$repo/requirements-demo.txt" \
+            && "$venv/bin/python" -m zipfile -e "$(ls "$wheels"/*.whl | head -n1)" "$wheels/unpacked" \
+            && mkdir -p "$venv/share/mindspeed-ms" \
+            && cp "$wheels/unpacked/dashscope/resources/qwen.tiktoken" "$venv/share/mindspeed-ms/qwen.tiktoken" \
+            || { rm -rf "$wheels"; _msms_fail "Qwen vocabulary file" "could not download or unpack the wheel of requirements-demo.txt"; return 1; }
+        rm -rf "$wheels"
         "$venv/bin/python" -m pip install -r "$repo/requirements-serve.txt" \
             || { _msms_fail "install requirements-serve.txt" "pip failed (see above)"; return 1; }
         # Environments of earlier versions held an editable install linked to one clone, which

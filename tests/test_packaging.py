@@ -30,12 +30,27 @@ def _clone(dest):
     shutil.copytree(os.path.join(ROOT, "bin"), os.path.join(dest, "bin"), symlinks=True)
 
 
+def _clean_env():
+    # PYTHONPATH=<checkout> (set by auto_convert.sh) would make pip see the checkout as installed
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "MINDSPEED_MS_HOME")}
+
+
 def _build(tmp_path):
-    """sdist with the PEP 517 hooks, then the wheel built from that sdist (what a packager does)."""
+    """sdist with the PEP 517 hooks, then the wheel built from that sdist (what a packager does).
+    Built from a copy of the tracked files, so the checkout gets no build/ or egg-info."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    tree0 = tmp_path / "checkout"
+    for rel in filter(None, tracked.decode().split("\0")):
+        if os.path.isfile(os.path.join(ROOT, rel)):
+            os.makedirs(tree0 / os.path.dirname(rel), exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, rel), tree0 / rel)
+    for rel in SETUP_FILES:   # new files of the working tree under test
+        shutil.copy2(os.path.join(ROOT, rel), tree0 / rel)
     dist = tmp_path / "dist"
     code = ("import sys; from setuptools import build_meta as b; "
             "print(b.build_sdist(sys.argv[1]))")
-    r = subprocess.run([sys.executable, "-c", code, str(dist)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", code, str(dist)], cwd=tree0, capture_output=True, text=True,
+                       timeout=300, env=_clean_env())
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     sdist = dist / r.stdout.strip().splitlines()[-1]
     src = tmp_path / "src"
@@ -43,7 +58,8 @@ def _build(tmp_path):
     (tree,) = glob.glob(str(src / "mindspeed_ms-*"))
     code = ("import sys; from setuptools import build_meta as b; "
             "print(b.build_wheel(sys.argv[1]))")
-    r = subprocess.run([sys.executable, "-c", code, str(dist)], cwd=tree, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", code, str(dist)], cwd=tree, capture_output=True, text=True, timeout=300,
+                       env=_clean_env())
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return sdist, dist / r.stdout.strip().splitlines()[-1]
 
@@ -69,7 +85,7 @@ def test_sdist_and_wheel_build_and_run_outside_the_repository(tmp_path):
     with open(os.path.join(site, "shared_dependencies.pth"), "w") as f:
         f.write(sysconfig.get_paths()["purelib"] + "\n")
     r = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps",
-                        "--no-index", str(wheel)], capture_output=True, text=True, timeout=300)
+                        "--no-index", str(wheel)], capture_output=True, text=True, timeout=300, env=_clean_env())
     if r.returncode != 0 and "no such option: --python" in r.stderr:
         pytest.skip("pip too old for --python")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -79,7 +95,7 @@ def test_sdist_and_wheel_build_and_run_outside_the_repository(tmp_path):
 def _run_installed(venv, tmp_path):
     work = tmp_path / "outside"
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = _clean_env()
     env["PATH"] = f"{venv / 'bin'}:/usr/bin:/bin"
     py = str(venv / "bin" / "python")
 
@@ -116,7 +132,7 @@ def test_wheel_installs_with_its_pinned_dependencies(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys._base_executable, "-m", "venv", str(venv)], check=True, timeout=120)
     r = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", f"{wheel}[demo]"],
-                       capture_output=True, text=True, timeout=3000)
+                       capture_output=True, text=True, timeout=3000, env=_clean_env())
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     _run_installed(venv, tmp_path)
 
