@@ -78,7 +78,8 @@ def generate(model, input_ids, attention_mask=None, pixel_values=None, image_gri
     if input_ids.shape[0] > 1 and (mask[:, -1] == 0).any():
         raise ValueError("batched generation needs LEFT padding: the last column of attention_mask has zeros "
                          "(pad on the left, e.g. tokenizer.padding_side = 'left')")
-    chooser = TokenChooser(sampling or SamplingConfig())
+    # a ready TokenChooser (e.g. one with logits processors) is used as is
+    chooser = sampling if isinstance(sampling, TokenChooser) else TokenChooser(sampling or SamplingConfig())
     stopper = _Stopper(input_ids.shape[0], stop_token_ids)
     vision = dict(pixel_values=pixel_values, image_grid_thw=image_grid_thw,
                   pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw)
