@@ -17,6 +17,7 @@ import numpy as np
 from mindspore import Tensor
 
 from mindspeed_ms.inference.sampling import SamplingConfig, TokenChooser
+from mindspeed_ms.models.qwen2vl.language import causal_padding_mask
 
 IM_END_ID = 151645
 ENDOFTEXT_ID = 151643
@@ -112,8 +113,12 @@ def _generate_cached(model, ids, mask, vision, max_new, chooser, stopper, pad_id
     embeds = model.merge_vision(t["input_ids"], t["pixel_values"], t["vision_pos_ids"], t["vision_segment_ids"],
                                 t["vision_gather_index"], t["vision_token_mask"])
     decoder = model.text_decoder
-    logits, past = decoder(embeds, t["position_ids"], t["attention_mask"], None, True)
-    nxt = chooser(_last_logits(logits))
+    # prefill: only the last position's logits are needed; the output layer on all S positions
+    # would hold B x S x vocab floats (GBs for images at MindSpeed-MM's min_pixels)
+    cos, sin = decoder.rotary(t["position_ids"])
+    mask0 = causal_padding_mask(t["attention_mask"], embeds.shape[1])
+    hidden, past = decoder.decoder(embeds, cos, sin, mask0, None)
+    nxt = chooser(_last_logits(decoder.logits(hidden[:, -1:, :])))
     length = ids.shape[1]
     for _ in range(max_new - 1):
         stopper.push(nxt)
