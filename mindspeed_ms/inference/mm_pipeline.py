@@ -21,6 +21,10 @@ from mindspeed_ms.data.processor import Qwen2VLImageProcessor, smart_resize
 QWEN_VL_UTILS_MIN_PIXELS = 4 * 28 * 28
 QWEN_VL_UTILS_MAX_PIXELS = 16384 * 28 * 28
 IMAGE_PAD = "<|image_pad|>"
+# Vision patches one forward may hold: the matmul attention of the vision encoder builds dense
+# [patches x patches] scores (one 1003520-pixel image, MindSpeed-MM's evaluate min_pixels, is 5120
+# patches); larger batches are split (the answers do not change: rows are independent).
+MAX_BATCH_PATCHES = 6144
 
 
 def fetch_image(path, min_pixels=None, max_pixels=None):
@@ -117,6 +121,17 @@ class Qwen2VlPipeline:
 
     def answer(self, prompts):
         """Texts for encoded prompts (decoded with special tokens skipped, spaces untouched)."""
+        out, group, patches = [], [], 0
+        for p in prompts:
+            n = len(p.get("pixel_values", ()))
+            if group and patches + n > MAX_BATCH_PATCHES:
+                out += self._answer(group)
+                group, patches = [], 0
+            group.append(p)
+            patches += n
+        return out + (self._answer(group) if group else [])
+
+    def _answer(self, prompts):
         from mindspeed_ms.inference.generate import generate
         from mindspeed_ms.inference.generation_settings import ProcessedTokenChooser
 

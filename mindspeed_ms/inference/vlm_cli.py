@@ -47,18 +47,18 @@ def startup(argv, prog, task):
     backend = detect_backend()
     _, world = dist_env()
     if world > 1:
-        raise ArgumentError(f"{prog}: started as {world} processes; generation runs in one process here (set "
+        raise ArgumentError(f"{prog}: error: started as {world} processes; generation runs in one process here (set "
                             f"NPUS_PER_NODE=1 in the script)")
     refusal = _parallel_refusal(args, backend)
     if refusal:
-        raise ArgumentError(f"{prog}: {refusal}")
+        raise ArgumentError(f"{prog}: error: {refusal}")
     if not args.mm_model:
-        raise ArgumentError(f"{prog}: --mm-model is required: MindSpeed-MM's {task} JSON "
+        raise ArgumentError(f"{prog}: error: --mm-model is required: MindSpeed-MM's {task} JSON "
                             f"({'inference_qwen2vl_7b.json' if task == 'inference' else 'evaluate_qwen2vl_7b.json'})")
     if not args.load:
-        raise ArgumentError(f"{prog}: --load is required: the MindSpeed-MM checkpoint directory to answer with")
+        raise ArgumentError(f"{prog}: error: --load is required: the MindSpeed-MM checkpoint directory to answer with")
     if args.micro_batch_size < 1:
-        raise ArgumentError(f"{prog}: --micro-batch-size must be >= 1 (prompts generated together)")
+        raise ArgumentError(f"{prog}: error: --micro-batch-size must be >= 1 (prompts generated together)")
     cfg = read_pipeline_json(args.mm_model, task, args.pipeline_model_parallel_size, backend)
     notices = list(cfg.notices)
     given_vocab = args.vocab_size
