@@ -378,3 +378,47 @@ def test_missing_preprocessor_config_keeps_hf_defaults(tmp_path, tok_dir):
     p = checkpoint_processor(cfg.preprocess_parameters)
     ref = HFImageProcessor()
     assert (p.min_pixels, p.max_pixels) == (ref.min_pixels, ref.max_pixels)
+
+
+def _hf_video_processor_default_size():
+    """transformers' Qwen2VLVideoProcessor.size, read from its source (importing it needs torchvision)."""
+    import ast
+    import importlib.util
+
+    src = open(importlib.util.find_spec("transformers.models.qwen2_vl.video_processing_qwen2_vl").origin).read()
+    cls = next(n for n in ast.parse(src).body if isinstance(n, ast.ClassDef) and n.name == "Qwen2VLVideoProcessor")
+    node = next(n for n in cls.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "size")
+    return eval(compile(ast.Expression(node.value), "size", "eval"))  # noqa: S307 (a literal product)
+
+
+@pytest.mark.parametrize("files", [
+    {"preprocessor_config.json": {"min_pixels": 3136, "max_pixels": 12845056}},
+    {"preprocessor_config.json": {"patch_size": 14}},  # no limits: the video processor keeps its own
+    {"preprocessor_config.json": {"size": {"shortest_edge": 1000, "longest_edge": 50000}}},
+    {"preprocessor_config.json": {"max_pixels": 9000},
+     "video_preprocessor_config.json": {"min_pixels": 784, "max_pixels": 40000}},
+], ids=["released", "no_limits", "size", "video_file"])
+def test_video_pixel_limits_follow_transformers_video_processor(tmp_path, files):
+    from transformers.video_processing_utils import BaseVideoProcessor
+
+    from mindspeed_ms.data.dataset import checkpoint_processor
+
+    for name, body in files.items():
+        (tmp_path / name).write_text(json.dumps(body))
+    # the file transformers' AutoVideoProcessor reads, then Qwen2VLVideoProcessor's size rule
+    cfg = BaseVideoProcessor.get_video_processor_dict(str(tmp_path))[0]
+    size = dict(cfg.get("size") or _hf_video_processor_default_size())
+    size["shortest_edge"] = cfg.get("min_pixels", size["shortest_edge"])
+    size["longest_edge"] = cfg.get("max_pixels", size["longest_edge"])
+    p = checkpoint_processor(_cfg(str(tmp_path), tmp_path, "x.json").preprocess_parameters)
+    assert (p.video_min_pixels, p.video_max_pixels) == (size["shortest_edge"], size["longest_edge"])
+    ref = HFImageProcessor.from_pretrained(str(tmp_path))  # images: the image processor's limits
+    if "size" not in cfg:
+        assert (p.min_pixels, p.max_pixels) == (ref.min_pixels, ref.max_pixels)
+    else:  # transformers' slow image processor ignores `size`; its fast one (MindSpeed-MM's) reads it
+        assert (p.min_pixels, p.max_pixels) == (cfg["size"]["shortest_edge"], cfg["size"]["longest_edge"])
+    frames = [rgb(200, 150, seed=i) for i in range(2)]
+    grid = p(videos=[frames])["video_grid_thw"][0]
+    want = HFImageProcessor(min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"])(
+        images=None, videos=[frames], return_tensors="np")["video_grid_thw"][0]
+    np.testing.assert_array_equal(grid, want)

@@ -43,24 +43,48 @@ def _file_digest(path):
     return h.hexdigest()[:16]
 
 
+# transformers' Qwen2VLVideoProcessor.size: its pixel limits when its config file sets none
+VIDEO_PROCESSOR_PIXELS = (128 * 28 * 28, 28 * 28 * 768)
+VIDEO_CONFIG_FILES = ("video_preprocessor_config.json", "preprocessor_config.json")
+
+
+def _video_pixel_limits(path):
+    """(min, max) pixels of the video processor that MindSpeed-MM's `AutoProcessor` builds for `path`
+    (transformers 4.57): the first of VIDEO_CONFIG_FILES present; its `min_pixels` / `max_pixels`,
+    else its `size`, else the video processor's own defaults (not the image processor's)."""
+    for name in VIDEO_CONFIG_FILES:
+        f = os.path.join(path, name)
+        if os.path.isfile(f):
+            with open(f, encoding="utf-8") as fh:
+                cfg = json.load(fh)
+            size = cfg.get("size") or {}
+            return (cfg.get("min_pixels", size.get("shortest_edge", VIDEO_PROCESSOR_PIXELS[0])),
+                    cfg.get("max_pixels", size.get("longest_edge", VIDEO_PROCESSOR_PIXELS[1])))
+    return None
+
+
 def checkpoint_processor(pp):
     """The image/video processor MindSpeed-MM trains with: the one of the checkpoint named by
     `preprocess_parameters.model_name_or_path` (its `preprocessor_config.json`: min/max_pixels, patch
-    and merge sizes, mean/std), read by `Qwen2VLImageProcessor.from_pretrained` as inference does;
-    HF's defaults when that directory has no such file."""
+    and merge sizes, mean/std), read by `Qwen2VLImageProcessor.from_pretrained` as inference does,
+    with the video pixel limits of transformers' video processor for that directory
+    (`_video_pixel_limits`); HF's defaults when the directory has no such file."""
     path = pp.model_name_or_path
     if not (path and os.path.isdir(path)):
         return Qwen2VLImageProcessor()
     try:
-        return Qwen2VLImageProcessor.from_pretrained(path)
-    except (OSError, ValueError, TypeError) as e:
-        raise DataError(f"{os.path.join(path, 'preprocessor_config.json')} (preprocess_parameters.model_name_or_path): "
-                        f"cannot build the image processor from it: {e}; fix or remove the file") from None
+        video = _video_pixel_limits(path)
+        extra = dict(video_min_pixels=video[0], video_max_pixels=video[1]) if video else {}
+        return Qwen2VLImageProcessor.from_pretrained(path, **extra)
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise DataError(f"{path} (preprocess_parameters.model_name_or_path): cannot build the image/video processor "
+                        f"from its {' / '.join(VIDEO_CONFIG_FILES)}: {e}; fix or remove the file") from None
 
 
 def _processor_key(processor):
     """What of the processor changes token counts or pixels (part of the cache fingerprint)."""
-    return {k: getattr(processor, k) for k in ("min_pixels", "max_pixels", "patch_size", "merge_size",
+    return {k: getattr(processor, k) for k in ("min_pixels", "max_pixels", "video_min_pixels", "video_max_pixels",
+                                                "patch_size", "merge_size",
                                                 "temporal_patch_size", "do_resize", "image_mean", "image_std",
                                                 "rescale_factor", "do_rescale", "do_normalize")}
 
@@ -84,8 +108,8 @@ class _Preprocessor:
     def video_tokens(self, path):
         frames = regularize_video(path, self.pp.video_fps, self.pp.video_maxlen, self.pp.video_max_pixels,
                                   self.pp.video_min_pixels)
-        h, w = smart_resize(frames[0].height, frames[0].width, self.factor, self.processor.min_pixels,
-                            self.processor.max_pixels)
+        h, w = smart_resize(frames[0].height, frames[0].width, self.factor, self.processor.video_min_pixels,
+                            self.processor.video_max_pixels)
         t = len(frames) // self.processor.temporal_patch_size
         return t * (h // self.processor.patch_size) * (w // self.processor.patch_size) // self.merge2
 
