@@ -76,13 +76,15 @@ def mm_infer_seqlen(source_len, target_len, cutoff_len):
     return min(max(cutoff_len - new_target, 0), source_len), new_target
 
 
-def mm_expand(messages, image_tokens):
-    """Qwen2VLPlugin.process_messages: each <image> -> start + n pads + end, n from the grid."""
-    it, out = iter(image_tokens), []
+def mm_expand(messages, image_tokens, video_tokens=()):
+    """Qwen2VLPlugin.process_messages: each <image> / <video> -> start + n pads + end, n from the grid."""
+    it, vt, out = iter(image_tokens), iter(video_tokens), []
     for m in messages:
         c = m["content"]
         while "<image>" in c:
             c = c.replace("<image>", "<|vision_start|>" + "<|image_pad|>" * next(it) + "<|vision_end|>", 1)
+        while "<video>" in c:
+            c = c.replace("<video>", "<|vision_start|>" + "<|video_pad|>" * next(vt) + "<|vision_end|>", 1)
         out.append({"role": m["role"], "content": c})
     return out
 
@@ -422,3 +424,59 @@ def test_video_pixel_limits_follow_transformers_video_processor(tmp_path, files)
     want = HFImageProcessor(min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"])(
         images=None, videos=[frames], return_tensors="np")["video_grid_thw"][0]
     np.testing.assert_array_equal(grid, want)
+
+
+def test_dataset_samples_equal_mindspeed_mm(tmp_path, tok_dir, tok):
+    """Through build_datasets: a sharegpt tool conversation with a 20x30 and a 6000x28 image, and a
+    video without a frame count: ids, labels, grids and pixels as MindSpeed-MM's path makes them."""
+    data = tmp_path / "data"
+    data.mkdir()
+    write_image(str(data / "tiny.png"), 20, 30, seed=1)
+    write_image(str(data / "wide.png"), 6000, 28, seed=2)
+    _write_mkv(str(data / "clip.mkv"), 10)
+    tool = {"messages": [{"from": "human", "value": "<image><image>Which tool?"},
+                         {"from": "function_call", "value": '{"name": "zoom", "arguments": {"x": 2}}'},
+                         {"from": "observation", "value": '{"ok": true}'},
+                         {"from": "gpt", "value": "Zoomed in."}], "images": ["tiny.png", "wide.png"]}
+    video = {"messages": [{"from": "human", "value": "<video>What changes?"}, {"from": "gpt", "value": "Brightness."}],
+             "videos": ["clip.mkv"]}
+    (data / "d.json").write_text(json.dumps([tool, video]))
+    cfg = parse_data_config({"dataset_param": {
+        "dataset_type": "huggingface",
+        "preprocess_parameters": {"model_name_or_path": tok_dir, "image_max_pixels": 262144, "image_min_pixels": 0,
+                                  "video_max_pixels": 16384, "video_min_pixels": 0, "video_fps": 2.0,
+                                  "video_maxlen": 4},
+        "basic_parameters": {"template": "qwen2vl", "dataset_dir": str(data), "dataset": str(data / "d.json")},
+        "attr": {"images": "images", "videos": "videos", "messages": "messages", "role_tag": "from",
+                 "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+                 "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}},
+        "dataloader_param": {"collate_param": {"model_name": "qwen2vl"}}}, "test_data.json")
+    train, _ = build_datasets(cfg, 8192)
+    hf = HFImageProcessor.from_pretrained(tok_dir)
+    roles = {"human": "user", "gpt": "assistant", "function_call": "function", "observation": "observation"}
+
+    imgs = [mm_preprocess_image(Image.open(data / n), 262144, 0) for n in ("tiny.png", "wide.png")]
+    ref = hf(images=imgs, return_tensors="np")
+    msgs = [{"role": roles[m["from"]], "content": m["value"]} for m in tool["messages"]]
+    n_img = [int(np.prod(g)) // 4 for g in ref["image_grid_thw"]]
+    ids, labels = mm_supervised(tok, mm_expand(msgs, n_img), 8192)
+    item = train[0]
+    assert item["input_ids"].tolist() == ids and item["labels"].tolist() == labels
+    np.testing.assert_array_equal(item["image_grid_thw"], ref["image_grid_thw"])
+    np.testing.assert_array_equal(item["pixel_values"], ref["pixel_values"])
+
+    import av
+
+    with av.open(str(data / "clip.mkv")) as c:
+        st = c.streams.video[0]
+        keep = mm_video_indices(st.frames, None, 2.0, 4)
+        frames = [f.to_image() for i, f in enumerate(c.decode(st)) if i in keep]
+    frames = frames + frames[-1:] if len(frames) % 2 else frames
+    frames = [mm_preprocess_image(f, 16384, 0) for f in frames]
+    vref = hf(images=None, videos=[frames], return_tensors="np")
+    vmsgs = [{"role": roles[m["from"]], "content": m["value"]} for m in video["messages"]]
+    ids, labels = mm_supervised(tok, mm_expand(vmsgs, [], [int(np.prod(vref["video_grid_thw"][0])) // 4]), 8192)
+    item = train[1]
+    assert item["input_ids"].tolist() == ids and item["labels"].tolist() == labels
+    np.testing.assert_array_equal(item["video_grid_thw"], vref["video_grid_thw"])
+    np.testing.assert_array_equal(item["pixel_values_videos"], vref["pixel_values_videos"])
