@@ -332,6 +332,22 @@ def test_video_without_frame_count_takes_first_maxlen_frames(tmp_path):
     assert [_index(f) for f in reg] == [0, 1, 2, 3, 4, 4]
 
 
+def test_animated_png_and_gif_sampled_as_pyav_reports_them(tmp_path):
+    """MindSpeed-MM opens every video with PyAV: an APNG has no frame count there (first maxlen
+    frames), a GIF has one and a duration (floor(duration * fps) frames spread over it)."""
+    av = pytest.importorskip("av")
+    flat = [Image.fromarray(np.full((24, 32, 3), 20 * i, np.uint8)) for i in range(8)]
+    apng, gif = str(tmp_path / "a.png"), str(tmp_path / "g.gif")
+    flat[0].save(apng, save_all=True, append_images=flat[1:], duration=200, loop=0)
+    flat[0].save(gif, save_all=True, append_images=flat[1:], duration=250, loop=0)
+    for path in (apng, gif):
+        with av.open(path) as c:
+            st = c.streams.video[0]
+            dur = float(st.duration * st.time_base) if st.duration else None
+            want = [i for i in range(8) if i in mm_video_indices(st.frames, dur, 2.0, 4)]
+        assert [_index(f) for f in load_video_frames(path, fps=2.0, maxlen=4)] == want
+
+
 # ---------------------------------------------------------------- processor from the checkpoint
 def _cfg(model_dir, data_dir, dataset):
     attr = {"images": "images", "messages": "messages", "role_tag": "role", "content_tag": "content",
