@@ -346,6 +346,20 @@ def test_animated_png_and_gif_sampled_as_pyav_reports_them(tmp_path):
             dur = float(st.duration * st.time_base) if st.duration else None
             want = [i for i in range(8) if i in mm_video_indices(st.frames, dur, 2.0, 4)]
         assert [_index(f) for f in load_video_frames(path, fps=2.0, maxlen=4)] == want
+    # PyAV's frames hold the pixels PIL's reader gives (palette GIF and APNG of photo-like frames)
+    from PIL import ImageSequence
+
+    from helpers.images import frames
+
+    photo = frames(4, 40, 30)
+    for name in ("p.gif", "p.png"):
+        path = str(tmp_path / name)
+        photo[0].save(path, save_all=True, append_images=photo[1:], duration=500, loop=0)
+        got = load_video_frames(path, fps=2.0, maxlen=8)
+        ref = [f.convert("RGB") for f in ImageSequence.Iterator(Image.open(path))]
+        assert len(got) == len(ref) == 4
+        for g, r in zip(got, ref):
+            np.testing.assert_array_equal(np.asarray(g.convert("RGB")), np.asarray(r))
 
 
 # ---------------------------------------------------------------- processor from the checkpoint

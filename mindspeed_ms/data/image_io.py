@@ -153,7 +153,7 @@ def load_video_frames(src, fps=2.0, maxlen=128):
         keep = sample_indices(len(names), None, fps, maxlen)
         return [load_image(os.path.join(src, names[i])) for i in keep]
     if src.lower().endswith((".gif", ".webp", ".apng", ".png")):
-        # MindSpeed-MM decodes every video with PyAV (same pixels as PIL for GIF/APNG, tested) and so
+        # MindSpeed-MM decodes every video with PyAV (the same pixels as PIL's reader for GIF/APNG, tested) and so
         # samples by PyAV's frame count and duration (an APNG has no frame count: first `maxlen`);
         # PIL's reader covers what PyAV cannot open (animated WebP) or a missing PyAV.
         try:
