@@ -150,3 +150,19 @@ def test_tsv_errors(tmp_path):
         read_benchmark_tsv(str(bad), "docvqa_val")
     with pytest.raises(BenchmarkError, match="not one of"):
         read_benchmark_tsv(str(bad), "mmbench")
+
+
+def test_mmmu_own_prompt_places_images_at_their_tags():
+    row = {"index": 1, "question": "Compare <image 2> with <image 1>.", "A": "same", "B": "different",
+           "answer": "B"}
+    msg = build_prompt(row, ["p1.jpg", "p2.jpg"], "mmmu_dev_val", "other_model", use_custom_prompt=False)
+    assert [m["type"] for m in msg] == ["text", "image", "text", "image", "text"]
+    assert msg[0]["value"] == "Question: Compare " and msg[1]["value"] == "p2.jpg" and msg[3]["value"] == "p1.jpg"
+    assert msg[4]["value"].startswith(".\nOptions:\nA. same\nB. different\n")
+    # the Qwen2-VL prompt keeps the images first and the tags as text
+    msg = build_prompt(row, ["p1.jpg", "p2.jpg"], "mmmu_dev_val", "qwen2_vl_7b")
+    assert [m["type"] for m in msg] == ["image", "image", "text"]
+    assert msg[2]["value"].endswith("B. different\nPlease select the correct answer from the options above.")
+    # a Chinese multiple-choice question gets the Chinese instruction
+    cn = build_prompt({"question": "这是什么?", "A": "猫", "B": "狗"}, [], "ai2d_test", "qwen2_vl_7b")
+    assert cn[-1]["value"].endswith("B. 狗\n请直接回答选项字母。")
