@@ -135,3 +135,14 @@ def test_unknown_flag_is_an_error(env):
     path, _ = _paths_changed(env, "inference_qwen2vl_7b.json")
     with pytest.raises(ArgumentError, match="unknown flag"):
         startup(["--mm-model", path, "--load", str(env / "ckpt"), "--top-p", "0.5"], "inference_vlm.py", "inference")
+
+
+def test_load_must_be_a_mindspeed_mm_checkpoint(env, tmp_path):
+    from mindspeed_ms.inference.mm_pipeline import load_mm_model
+
+    path, _ = _paths_changed(env, "inference_qwen2vl_7b.json")
+    cfg = read_pipeline_json(path, "inference")
+    with pytest.raises(ValueError, match="latest_checkpointed_iteration.txt is missing"):
+        load_mm_model(str(tmp_path), cfg.model)
+    with pytest.raises(ValueError, match="no such directory"):
+        load_mm_model(str(tmp_path / "nope"), cfg.model)

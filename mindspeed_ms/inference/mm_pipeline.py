@@ -149,9 +149,7 @@ class Qwen2VlPipeline:
 def load_mm_model(load, model_cfg):
     """Qwen2-VL with the latest iteration's weights of a MindSpeed-MM checkpoint directory."""
     from mindspeed_ms.checkpoint.layout import LATEST_FILE
-    from mindspeed_ms.checkpoint.mm_io import read_mm_checkpoint
-    from mindspeed_ms.config.model_config import config_to_hf
-    from mindspeed_ms.models.qwen2vl import Qwen2VLForConditionalGeneration
+    from mindspeed_ms.inference.loading import model_from_mm_checkpoint
 
     if not load or not os.path.isdir(load):
         raise ValueError(f"--load {load}: no such directory (a MindSpeed-MM checkpoint, e.g. the output of "
@@ -159,14 +157,6 @@ def load_mm_model(load, model_cfg):
     if not os.path.isfile(os.path.join(load, LATEST_FILE)):
         raise ValueError(f"--load {load} holds no checkpoint: {LATEST_FILE} is missing (convert an HF checkpoint "
                          f"with mm-convert Qwen2VLConverter hf_to_mm, or point at a training --save directory)")
-    try:
-        sd, reader = read_mm_checkpoint(load, None, config_to_hf(model_cfg))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"--load {load}: {e}") from None
-    model = Qwen2VLForConditionalGeneration(model_cfg)
-    try:
-        model.load_mm_state_dict(sd)
-    except ValueError as e:
-        raise ValueError(f"--load {load} does not fit the model of --mm-model: {e}") from None
+    model, tag = model_from_mm_checkpoint(load, model_cfg, None, "the model of --mm-model")
     model.set_train(False)
-    return model, str(reader.tag)
+    return model, tag
