@@ -47,8 +47,8 @@ def startup(argv, prog, task):
     backend = detect_backend()
     _, world = dist_env()
     if world > 1:
-        raise ArgumentError(f"{prog}: error: started as {world} processes; generation runs in one process here (set "
-                            f"NPUS_PER_NODE=1 in the script)")
+        raise ArgumentError(f"{prog}: error: started as {world} processes; generation runs in one process here: run it "
+                            f"with python, as examples/mindspore/qwen2vl/*.sh do (no msrun/torchrun)")
     refusal = _parallel_refusal(args, backend)
     if refusal:
         raise ArgumentError(f"{prog}: error: {refusal}")
