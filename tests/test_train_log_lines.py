@@ -223,3 +223,12 @@ def test_no_transformers_banner_on_our_commands(ours_first):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     assert ("None of PyTorch" in r.stderr) == (not ours_first), r.stderr
+
+
+def test_printed_loss_is_the_log_interval_mean_as_in_megatron():
+    stream = io.StringIO()
+    log = TrainLogger(4, True, stream=stream)
+    for it, loss in enumerate([4.0, 2.0, 3.0, 1.0], 1):
+        log.iteration(it, 2 * it, 10.0, 1e-4, 2, loss, 1.0, None, it % 2 == 0, Window(10.0, 2, 4 - it, 8.0))
+    losses = [float(MEGATRON_LINE.match(l)[9]) for l in stream.getvalue().splitlines() if "lm loss" in l]
+    assert losses == [3.0, 2.0] and [l for _, l in log.history] == [4.0, 2.0, 3.0, 1.0]

@@ -31,10 +31,11 @@ class DPOTrainLogger(TrainLogger):
         self.metric_history.append((iteration, metrics))
         if log_now:
             extras = window.fields(self.log_tps) if window is not None else ""
+            mean = self.interval_loss()
             self.print(insert_metrics(format_iteration_line(iteration, self.train_iters, consumed, elapsed_ms, lr,
-                                                            gbs, loss, grad_norm, tokens_per_sample, extras),
+                                                            gbs, mean, grad_norm, tokens_per_sample, extras),
                                       metrics))
             if window is not None and self._bar is None:
-                self.print(format_progress_line(iteration, self.train_iters, loss, window))
+                self.print(format_progress_line(iteration, self.train_iters, mean, window))
         for k, v in metrics.items():
             self.scalar(k, v, iteration)

@@ -147,6 +147,14 @@ class TrainLogger:
             self._bar = tqdm(total=train_iters, desc="training", unit="it", dynamic_ncols=True, leave=True)
         self._printed_notices = set()
         self.memory_reported = False
+        self._logged_upto = 0           # len(history) at the last iteration line
+
+    def interval_loss(self) -> float:
+        """Mean loss of the iterations since the last iteration line: Megatron prints the loss dict
+        averaged over the log interval (the same as the iteration's loss with --log-interval 1)."""
+        window = [loss for _, loss in self.history[self._logged_upto:]]
+        self._logged_upto = len(self.history)
+        return sum(window) / len(window) if window else float("nan")
 
     def print(self, text: str):
         if not self.active:
@@ -178,10 +186,11 @@ class TrainLogger:
             self._bar.set_postfix(loss=f"{loss:.4f}")
         if log_now:
             extras = window.fields(self.log_tps) if window is not None else ""
-            self.print(format_iteration_line(iteration, self.train_iters, consumed, elapsed_ms, lr, gbs, loss,
+            mean = self.interval_loss()
+            self.print(format_iteration_line(iteration, self.train_iters, consumed, elapsed_ms, lr, gbs, mean,
                                              grad_norm, tokens_per_sample, extras))
             if window is not None and self._bar is None:
-                self.print(format_progress_line(iteration, self.train_iters, loss, window))
+                self.print(format_progress_line(iteration, self.train_iters, mean, window))
         self.scalar("lm loss", loss, iteration)
         self.scalar("learning-rate", lr, iteration)
         self.scalar("batch-size", gbs, iteration)
