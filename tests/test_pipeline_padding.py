@@ -14,6 +14,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 ST_MODEL = os.path.join(HERE, "fixtures", "mindspeed_mm_configs", "v2.2.0", "st_finetune_qwen2vl_7B_model_7B.json")
 
+sys.path.insert(0, HERE)
+from test_parallel_train_setup import model_json, work  # noqa: E402,F401  (work: the tiny checkpoint + data fixture)
+
 from mindspeed_ms.arguments import parse_args, validate_args  # noqa: E402
 from mindspeed_ms.parallel.checker import check_plan  # noqa: E402
 from mindspeed_ms.parallel.config import ParallelConfigError, validate_parallel_config  # noqa: E402
@@ -140,3 +143,23 @@ def test_sharded_step_inputs_are_padded_to_the_pipeline_micro_size():
     assert ids.shape == (4, 8) and w.shape[0] == 4
     np.testing.assert_array_equal(ids[2], ids[1])
     assert not w[2:].any() and w[:2].sum() == pytest.approx(1.0, rel=1e-6)   # normalised over the real 2
+
+
+@pytest.mark.slow
+def test_dry_sharded_trainer_runs_the_pipeline_padded(work):
+    """The Ascend sharded path built on CPU up to compilation (tiny model, TP1 PP4 on 8 devices,
+    global batch 2 = 1 micro-batch per dp rank): MindSpore's Pipeline cell gets 4 micro-batches and
+    the step's inputs are the real micro-batch followed by 3 empty copies."""
+    from mindspore.parallel.nn import Pipeline
+    from mindspeed_ms.training.sharded_trainer import dry_run
+    mj = model_json(work, "pad", [4, 0, 0, 0], [1, 1, 1, 1])
+    argv = (f"--mm-data {work}/data.json --mm-model {mj} --micro-batch-size 1 --seq-length 256 --lr 1e-4 "
+            f"--train-iters 2 --seed 3 --pipeline-model-parallel-size 4 --global-batch-size 2").split()
+    tr = dry_run(argv, 7, 8)
+    assert (tr.pcfg.num_micro_batches, tr.settings.micro_size, tr.step_micro_batches) == (1, 4, 4)
+    assert isinstance(tr.step_cell.net, Pipeline) and tr.step_cell.net.micro_size == 4
+    inputs = dict(zip(tr.keys, tr.step_inputs(tr.feed.next_step())))
+    ids, w = inputs["input_ids"], inputs["loss_weights"]
+    assert ids.shape[0] == 4 and w.shape[0] == 4 and w[0].any() and not w[1:].any()
+    for k in range(1, 4):
+        np.testing.assert_array_equal(ids[k], ids[0])
