@@ -173,7 +173,7 @@ def test_every_data_key_is_read_or_noticed(tmp_path):
                 kind = key.rsplit(".", 1)[1].split("_")[0]
                 _with(data, f"dataset_param.preprocess_parameters.{kind}_max_pixels", 128 * 128)
                 value = 64 * 64
-            elif key.endswith(("batch_size", "seed", "audio_sampling_rate")):
+            elif key.endswith(("batch_size", "seed", "audio_sampling_rate", "num_workers")):
                 value = 4
             _with(data, key, value)
             path = tmp_path / "d.json"
