@@ -9,7 +9,8 @@ What differs from Qwen2-VL (config/model_config.py holds the shared classes and 
 - the LLM is `qwen2_5_lm` (the Qwen2 decoder, the same Cells as `qwen2lm`).
 Keys MindSpeed-MM's released files carry that change nothing on this backend (`seq_length` of the
 LLM: the script's --seq-length rules; `bias_activation_fusion`, `use_remove_padding`, `use_vit_dp`,
-`attention_mask_type`, `patch`) are accepted and kept, like the Ascend-only keys of Qwen2-VL.
+`attention_mask_type`, the projector's `context_parallel_size`, `patch`) are accepted and kept, like
+the Ascend-only keys of Qwen2-VL.
 """
 from dataclasses import dataclass, field
 from typing import ClassVar, List, Optional
@@ -65,6 +66,7 @@ class Qwen2_5VisionProjectorConfig(VisionProjectorConfig):
     """`image_encoder.vision_projector` of Qwen2.5-VL (the merger with RMSNorm)."""
     NORMS: ClassVar[tuple] = ("RMSNorm",)
     normalization: str = "RMSNorm"
+    context_parallel_size: Optional[int] = None  # 72B file; the run's --context-parallel-size rules
 
 
 @dataclass
