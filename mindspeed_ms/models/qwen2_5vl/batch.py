@@ -19,6 +19,8 @@ from mindspeed_ms.models.qwen2vl.rope import _as_grid
 
 
 class Qwen2_5VLBatch(Qwen2VLBatch):
+    uses_video_seconds = True
+
     def __init__(self, cfg=None):
         super().__init__(cfg)
         self.window = cfg.vision.window_merged if cfg is not None else 4

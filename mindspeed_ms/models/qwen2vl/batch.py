@@ -14,6 +14,8 @@ from mindspeed_ms.models.qwen2vl.rope import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, VIS
 
 
 class Qwen2VLBatch:
+    uses_video_seconds = False  # Qwen2.5-VL: positions take second_per_grid_ts
+
     def __init__(self, cfg=None):
         self.merge = cfg.vision.spatial_merge_size if cfg is not None else 2
         self.image_token_id = cfg.img_context_token_id if cfg is not None else IMAGE_TOKEN_ID
