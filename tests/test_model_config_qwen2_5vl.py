@@ -103,3 +103,47 @@ def test_qwen2vl_files_still_load_as_qwen2vl():
     from mindspeed_ms.config.model_config import Qwen2VLConfig
     cfg = load_model_json(ROOT / "examples/mindspore/qwen2vl/model_7b.json")
     assert type(cfg) is Qwen2VLConfig and config_to_hf(cfg)["model_type"] == "qwen2_vl"
+
+
+# finetune_qwen2_5_vl_*.sh: TP, PP, devices, GRAD_ACC_STEP
+SCRIPTS = {"7b": (1, 2, 8, 48), "72b": (2, 8, 32, 96)}
+
+
+@pytest.mark.parametrize("size", ["7b", "72b"])
+def test_shipped_layouts_plan_and_memory(size):
+    """The shard plan of the shipped scripts' layouts passes the static checker, every parameter on
+    one stage with the mm-convert per-rank shapes, and the plan command prints memory per device."""
+    import io
+
+    import numpy as np
+    from mindspeed_ms.checkpoint.names import scheme_for_model_type
+    from mindspeed_ms.checkpoint.pp_split import ParallelLayout
+    from mindspeed_ms.checkpoint.tp_split import tp_shape
+    from mindspeed_ms.config.param_shapes import mm_param_shapes
+    from mindspeed_ms.parallel.checker import check_plan
+    from mindspeed_ms.parallel.config import validate_parallel_config
+    from mindspeed_ms.parallel.plan import run
+    from mindspeed_ms.parallel.rank_params import rank_param_shapes
+    from mindspeed_ms.parallel.shard_plan import build_shard_plan
+    tp, pp, n, acc = SCRIPTS[size]
+    cfg = load_model_json(EXAMPLES / f"model_{size}.json")
+    pcfg = validate_parallel_config({"tensor_model_parallel_size": tp, "pipeline_model_parallel_size": pp,
+                                     "micro_batch_size": 1, "global_batch_size": acc * n // (tp * pp),
+                                     "seq_length": 1024, "use_distributed_optimizer": True}, cfg, n)
+    plan = build_shard_plan(cfg, pcfg, backend="Ascend", bf16=True)
+    assert check_plan(plan) == []
+    ckpt = ParallelLayout.build(tp_size=tp, llm_pp_layers=pcfg.layout.llm_chunks, vit_pp_layers=pcfg.layout.vit_chunks)
+    rules = scheme_for_model_type("qwen2_5_vl").tp_rules
+    want = {}
+    for name, shape in mm_param_shapes(cfg).items():
+        c, local = ckpt.place(name)
+        want[(c % pp, c // pp, local)] = tp_shape(name, shape, tp, rules)
+    got = {(stage, chunk, k): s for stage in range(pp)
+           for chunk, shapes in rank_param_shapes(plan, stage).items() for k, s in shapes.items()}
+    assert got == want
+    out = io.StringIO()
+    assert run(["--mm-model", str(EXAMPLES / f"model_{size}.json"), "--tensor-model-parallel-size", str(tp),
+                "--pipeline-model-parallel-size", str(pp), "--micro-batch-size", "1", "--seq-length", "1024",
+                "--num-devices", str(n), "--use-distributed-optimizer"], out=out) == 0
+    table = out.getvalue().split("memory per device")[1].splitlines()[2:2 + pp]
+    assert len(table) == pp and all(float(row.split()[6]) > 0 for row in table)

@@ -8,7 +8,8 @@ import mindspore as ms
 from mindspore import Tensor
 
 from helpers.hf_tiny import load_hf_reference, make_tiny_hf_checkpoint
-from helpers.parity import PATCH_DIM, build_inputs, fuse_llm_qkv, fuse_vit_qkv, hf_forward, rel, vision_block
+from helpers.parity import (PATCH_DIM, build_inputs, eager_and_graph, fuse_llm_qkv, fuse_vit_qkv, hf_forward, rel,
+                            vision_block)
 from mindspeed_ms.config.param_shapes import mm_param_shapes
 from mindspeed_ms.models.qwen2vl import Qwen2VLForConditionalGeneration
 from mindspeed_ms.models.qwen2vl.model import CONTRACT_KEYS
@@ -120,12 +121,7 @@ def test_graph_mode_equals_pynative(pair):
     inputs = _case(hf.config, "batch_mixed_video", np.random.default_rng(3))
     batch, _ = model.prepare_batch(**inputs)
     args = [Tensor(batch[k]) for k in CONTRACT_KEYS[:9 if preset == "tied" else 8]]
-    eager = model(*args)
-    ms.set_context(mode=ms.GRAPH_MODE)
-    try:
-        graph = model(*args)
-    finally:
-        ms.set_context(mode=ms.PYNATIVE_MODE)
+    eager, graph = eager_and_graph(model, args)
     if preset == "tied":
         assert abs(float(graph[0].asnumpy()) - float(eager[0].asnumpy())) <= 1e-6
         graph, eager = graph[1], eager[1]

@@ -12,7 +12,7 @@ import mindspore as ms
 from mindspore import Tensor
 
 from helpers.hf_tiny_qwen2_5 import load_hf_reference, make_tiny_hf_checkpoint
-from helpers.parity import build_inputs, fuse_llm_qkv, fuse_vit_qkv, hf_forward, rel
+from helpers.parity import build_inputs, eager_and_graph, fuse_llm_qkv, fuse_vit_qkv, hf_forward, rel
 from mindspeed_ms import models
 from mindspeed_ms.config.param_shapes import mm_param_shapes
 from mindspeed_ms.models.qwen2_5vl import Qwen2_5_VLForConditionalGeneration
@@ -132,12 +132,7 @@ def test_graph_mode_equals_pynative(pair, request):
         pytest.skip("slow: the second GRAPH compile runs with --runslow or RUN_SLOW=1")
     batch, _ = model.prepare_batch(**_inputs(hf.config, "batch_mixed", 3))
     args = [Tensor(batch[k]) for k in CONTRACT_KEYS[:9]]
-    eager = model(*args)
-    ms.set_context(mode=ms.GRAPH_MODE)
-    try:
-        graph = model(*args)
-    finally:
-        ms.set_context(mode=ms.PYNATIVE_MODE)
+    eager, graph = eager_and_graph(model, args)
     assert abs(float(graph[0].asnumpy()) - float(eager[0].asnumpy())) <= 1e-5
     assert np.abs(graph[1].asnumpy() - eager[1].asnumpy()).max() <= 1e-5
 
@@ -176,3 +171,18 @@ def test_family_loader_and_wrong_class(pair):
     assert type(model) is Qwen2_5_VLForConditionalGeneration
     with pytest.raises(ValueError, match="holds a Qwen2.5-VL checkpoint.*Qwen2_5_VLForConditionalGeneration"):
         Qwen2VLForConditionalGeneration.from_pretrained(d)
+
+
+def test_generation_equals_hf_greedy(pair):
+    """KV-cache greedy generation after a prompt with an image == transformers' generate."""
+    from mindspeed_ms.inference.generate import generate
+    _, _, hf, model = pair
+    inputs = _inputs(hf.config, "one_image", 11)
+    ids, pixels, grids = inputs["input_ids"], inputs["pixel_values"], inputs["image_grid_thw"]
+    n = 12
+    ours = generate(model, ids, pixel_values=pixels, image_grid_thw=grids, max_new_tokens=n, stop_token_ids=())
+    with torch.no_grad():
+        ref = hf.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.ones_like(torch.from_numpy(ids)),
+                          pixel_values=torch.from_numpy(pixels), image_grid_thw=torch.from_numpy(grids),
+                          max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert ours.tokens == ref[:, ids.shape[1]:].numpy().tolist()

@@ -8,12 +8,10 @@ Presets (every parameter random, as `hf_tiny.randomize_`):
   ViT 2 layers x 48, 3 heads, gated MLP 40, window 84 px (3x3 merged patches: windows that do not
   divide the test grids), full attention in layer 1, tokens_per_second 4.
 """
-import os
-
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from helpers.hf_tiny import randomize_
+from helpers.hf_tiny import load_eager_reference, save_random_checkpoint
 
 PRESETS = {
     "fullatt_ends": dict(
@@ -50,18 +48,10 @@ def tiny_hf_config(preset="fullatt_ends", **overrides):
 def make_tiny_hf_checkpoint(out_dir, preset="fullatt_ends", seed=0, max_shard_size=None, **overrides):
     """Write a random tiny HF Qwen2.5-VL checkpoint into `out_dir`; returns `out_dir`."""
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(tiny_hf_config(preset, **overrides)).float()
-    randomize_(model, seed)
-    os.makedirs(out_dir, exist_ok=True)
-    kwargs = {"safe_serialization": True}
-    if max_shard_size:
-        kwargs["max_shard_size"] = max_shard_size
-    model.save_pretrained(out_dir, **kwargs)
-    return str(out_dir)
+    return save_random_checkpoint(Qwen2_5_VLForConditionalGeneration(tiny_hf_config(preset, **overrides)), out_dir,
+                                  seed, max_shard_size)
 
 
 def load_hf_reference(out_dir):
     """The transformers model from `out_dir`, fp32, eager attention, eval mode."""
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(out_dir, torch_dtype=torch.float32,
-                                                               attn_implementation="eager")
-    return model.eval()
+    return load_eager_reference(Qwen2_5_VLForConditionalGeneration, out_dir)

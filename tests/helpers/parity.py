@@ -66,3 +66,15 @@ def fuse_vit_qkv(qkv, heads):
 
 def rel(a, b):
     return np.abs(a - b).max() / max(np.abs(b).max(), 1e-12)
+
+
+def eager_and_graph(model, args):
+    """`model(*args)` in PYNATIVE and then in GRAPH mode (back to PYNATIVE afterwards)."""
+    import mindspore as ms
+    eager = model(*args)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        graph = model(*args)
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+    return eager, graph
