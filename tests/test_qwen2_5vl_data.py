@@ -69,3 +69,16 @@ def test_collator_with_the_family_layout_equals_the_model_path():
     v2 = plain["input_ids"][1] == 151656
     np.testing.assert_array_equal(np.unique(plain["position_ids"][0, 1, v2] - plain["position_ids"][0, 1, v2].min()),
                                   [0, 1, 2, 3])
+
+
+def test_dp_offsets_cover_both_segment_rows():
+    from mindspeed_ms.models.qwen2vl.inputs import offset_vision_inputs
+    cfg = load_model_json(EXAMPLES / "model_tiny.json")
+    rng = np.random.default_rng(1)
+    batch = Qwen2VLCollator(256, batch_layout=Qwen2_5VLBatch(cfg), num_patches=512, vision_segments=12,
+                            buckets=[256])([_sample(rng, img_grid=(1, 12, 10))])
+    vis = {k: batch[k] for k in ("vision_segment_ids", "vision_gather_index", "vision_token_mask", "vision_cu_seqlens")}
+    assert vis["vision_cu_seqlens"].shape == (2, 12) and (vis["vision_cu_seqlens"][:, -1] == 512).all()
+    out = offset_vision_inputs(vis, 1, 2)
+    np.testing.assert_array_equal(out["vision_segment_ids"], vis["vision_segment_ids"] + 512)
+    np.testing.assert_array_equal(out["vision_cu_seqlens"], vis["vision_cu_seqlens"] + 512)

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from test_lora_dpo_e2e import ENV, ROOT, _write_data_json, iteration_values, sh
+from test_lora_dpo_e2e import ENV, ROOT, build_tiny, iteration_values, sh
 
 MODEL_JSON = os.path.join(ROOT, "examples", "mindspore", "qwen2.5vl", "model_tiny.json")
 COMMON = ("--micro-batch-size 2 --global-batch-size 4 --seq-length 128 --lr-decay-style constant --weight-decay 0 "
@@ -21,22 +21,7 @@ LORA = "--lora-target-modules linear_qkv linear_proj linear_fc1 linear_fc2 --lor
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny25")
-    py = sys.executable
-    sh([py, "-m", "mindspeed_ms.tools.make_tiny_checkpoint", str(d / "hf"), "--mm-model", MODEL_JSON,
-        "--seed", "1234"], cwd=d)
-    sh([py, "-m", "mindspeed_ms.checkpoint.cli", "Qwen2_5_VLConverter", "hf_to_mm", "--cfg.mm_dir", str(d / "mm"),
-        "--cfg.hf_config.hf_dir", str(d / "hf"), "--cfg.parallel_config.llm_pp_layers", "[[2]]",
-        "--cfg.parallel_config.vit_pp_layers", "[[4]]", "--cfg.parallel_config.tp_size", "1"], cwd=d)
-    sh([py, "-m", "mindspeed_ms.rl.make_preference_dataset", str(d / "pref"), "--train", "16", "--val", "4"], cwd=d)
-    _write_data_json("data_tiny_dpo.json", d, "train.json", "val.json", "cache_dpo", "data_dpo.json")
-    import json
-    for split in ("train", "val"):
-        rows = json.load(open(d / "pref" / f"{split}.json"))
-        sft = [{"images": r["images"], "messages": r["messages"] + [r["chosen"]]} for r in rows]
-        (d / "pref" / f"{split}_sft.json").write_text(json.dumps(sft))
-    _write_data_json("data_tiny.json", d, "train_sft.json", "val_sft.json", "cache_sft", "data_sft.json")
-    return d
+    return build_tiny(tmp_path_factory.mktemp("tiny25"), MODEL_JSON, "Qwen2_5_VLConverter", llm_layers=2, vit_layers=4)
 
 
 @pytest.mark.slow
