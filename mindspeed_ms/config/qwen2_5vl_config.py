@@ -7,10 +7,10 @@ What differs from Qwen2-VL (config/model_config.py holds the shared classes and 
   (`window_attn_size` pixels, `fullatt_block_indexes`) and `tokens_per_second` (M-RoPE time);
 - the merger (`lnmlp`) normalises with RMSNorm;
 - the LLM is `qwen2_5_lm` (the Qwen2 decoder, the same Cells as `qwen2lm`).
-Keys MindSpeed-MM's released files carry that change nothing on this backend (`seq_length` of the
-LLM: the script's --seq-length rules; `bias_activation_fusion`, `use_remove_padding`, `use_vit_dp`,
-`attention_mask_type`, the projector's `context_parallel_size`, `patch`) are accepted and kept, like
-the Ascend-only keys of Qwen2-VL.
+Keys MindSpeed-MM's released files carry that change nothing on this backend (the LLM's
+`seq_length`: --seq-length rules; `bias_activation_fusion`, `use_remove_padding`, `use_vit_dp`, the
+projector's `context_parallel_size`, `patch`) are accepted, kept, and named by a start-up notice
+(`Qwen2_5VLConfig.family_notices`).
 """
 from dataclasses import dataclass, field
 from typing import ClassVar, List, Optional
@@ -33,7 +33,6 @@ class Qwen2_5VisionEncoderConfig(VisionEncoderConfig):
     tokens_per_second: float = 2.0
     window_attn_size: int = 112
     fullatt_block_indexes: List[int] = field(default_factory=lambda: [7, 15, 23, 31])
-    attention_mask_type: Optional[str] = None
     use_vit_dp: bool = False
 
     def _finalize(self, where, section):
@@ -85,6 +84,26 @@ class Qwen2_5VLConfig(Qwen2VLConfig):
     """A whole Qwen2.5-VL model.json."""
     model_id: str = "qwen2_5vl"
     patch: Optional[dict] = None
+
+    def family_notices(self):
+        """Start-up notices for the keys of Qwen2.5-VL's released files that change nothing here."""
+        v, p, t, src = self.vision, self.projector, self.text, self.source
+        out = []
+        if t.seq_length is not None:
+            out.append(f"{src}: text_decoder.seq_length = {t.seq_length} has no effect here (--seq-length sets the "
+                       f"sequence length)")
+        if t.use_remove_padding:
+            out.append(f"{src}: text_decoder.use_remove_padding = true has no effect here (padding is masked; the "
+                       f"CPU path drops rows without a loss)")
+        if v.use_vit_dp:
+            out.append(f"{src}: image_encoder.vision_encoder.use_vit_dp = true has no effect here (the ViT runs "
+                       f"with the step's data parallel)")
+        if p.context_parallel_size not in (None, 1):
+            out.append(f"{src}: image_encoder.vision_projector.context_parallel_size has no effect here "
+                       f"(--context-parallel-size sets context parallel)")
+        if self.patch:
+            out.append(f"{src}: patch = {self.patch} has no effect here (MindSpeed-MM's torch patches)")
+        return out
 
 
 QWEN2_5VL_SCHEMA = ConfigSchema("qwen2_5vl", Qwen2_5VisionEncoderConfig, Qwen2_5VisionProjectorConfig,
