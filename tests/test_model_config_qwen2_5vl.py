@@ -147,3 +147,10 @@ def test_shipped_layouts_plan_and_memory(size):
                 "--num-devices", str(n), "--use-distributed-optimizer"], out=out) == 0
     table = out.getvalue().split("memory per device")[1].splitlines()[2:2 + pp]
     assert len(table) == pp and all(float(row.split()[6]) > 0 for row in table)
+
+
+def test_no_effect_keys_get_a_notice():
+    from mindspeed_ms.config.model_config import model_no_effect_notices
+    notes = model_no_effect_notices(load_model_json(EXAMPLES / "model_3b.json"))
+    assert any("text_decoder.seq_length = 1024 has no effect here" in n for n in notes)
+    assert any("patch = {'bridge_patch': False} has no effect here" in n for n in notes)
