@@ -137,7 +137,9 @@ def build_dpo_feed(args, startup, rank: int):
                          f"attr.rejected naming the two answers, and collate_param.model_name \"qwen2vl_dpo\"), as in "
                          f"examples/mindspore/qwen2vl/data_72b_dpo.json")
     train, val = build_datasets(cfg, args.seq_length, seed=args.seed)
-    return make_feed(args, cfg, train, val, build_collator(cfg, args.seq_length), rank)
+    from mindspeed_ms.training.build import batch_layout_for  # the model family's vision layout
+    collator = build_collator(cfg, args.seq_length, batch_layout=batch_layout_for(startup.model))
+    return make_feed(args, cfg, train, val, collator, rank)
 
 
 class DPOTrainer(Trainer):
