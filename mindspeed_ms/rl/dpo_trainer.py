@@ -224,6 +224,8 @@ def main(argv=None) -> int:
         check_lora_args(args)
         backend = detect_backend()
         startup = validate_args(args, world_size=world, backend=backend)
+        from mindspeed_ms.training.save_dir import prepare_save_dir
+        prepare_save_dir(args, startup, rank)      # writable, room for a checkpoint, the --save lock
         check_dpo_layout(startup, backend)
         ref_dir = resolve_reference(args)
         feed = build_dpo_feed(args, startup, rank)

@@ -326,6 +326,8 @@ def main(argv=None) -> int:
         args = parse_args(argv)
         backend = detect_backend()
         startup = validate_args(args, world_size=world, backend=backend)
+        from mindspeed_ms.training.save_dir import prepare_save_dir
+        prepare_save_dir(args, startup, rank)      # writable, room for a checkpoint, the --save lock
         from mindspeed_ms.parallel.train_setup import uses_sharded_path
         # Ascend with TP/PP/CP (or the distributed optimizer): the semi-auto-parallel step of
         # training.sharded_trainer; on CPU validate_args has already stopped such layouts
