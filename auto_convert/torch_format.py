@@ -58,8 +58,9 @@ _TORCH_DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", 
                  "bool", "complex64", "complex128", "float", "double", "half", "long", "int")
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """The file asks the unpickler for a global outside the allow-list; nothing was executed."""
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """The file asks the unpickler for a global outside the allow-list; nothing was executed.
+    Also a ValueError: every command that reports bad input files as `error: ...` catches it."""
 
 
 class TorchFormatError(ValueError):

@@ -90,11 +90,11 @@ class _Preprocessor:
         return row
 
 
-def _load_json(path, cache_dir, streaming):
+def _load_json(path, cache_dir, streaming, key="basic_parameters.dataset"):
     import datasets
 
     if not os.path.isfile(path):
-        raise DataError(f"dataset file not found: {path} (basic_parameters.dataset)")
+        raise DataError(f"dataset file not found: {path} ({key})")
     try:
         return datasets.load_dataset("json", data_files=path, split="train", cache_dir=cache_dir, streaming=streaming)
     except Exception as e:  # datasets wraps JSON errors in DatasetGenerationError
@@ -130,9 +130,10 @@ class SkipReport:
             logger.warning("%s: skipped %d sample(s): %s", what, self.total, detail)
 
 
-def _preprocess_file(path, cfg, tokenizer, seq_length, max_samples, fingerprint_base, report):
+def _preprocess_file(path, cfg, tokenizer, seq_length, max_samples, fingerprint_base, report,
+                     key="basic_parameters.dataset"):
     b = cfg.basic_parameters
-    ds = _load_json(path, b.cache_dir, streaming=False)
+    ds = _load_json(path, b.cache_dir, streaming=False, key=key)
     if max_samples:
         ds = ds.select(range(min(len(ds), max_samples)))
     fn = _Preprocessor(cfg, tokenizer, seq_length, path)
@@ -264,7 +265,8 @@ def _build_split(paths, cfg, tokenizer, seq_length, max_samples, what):
 
     report = SkipReport()
     base = _fingerprint_base(cfg, tokenizer, seq_length)
-    parts = [_preprocess_file(p, cfg, tokenizer, seq_length, max_samples, base, report) for p in paths]
+    key = "basic_parameters.val_dataset" if what == "validation" else "basic_parameters.dataset"
+    parts = [_preprocess_file(p, cfg, tokenizer, seq_length, max_samples, base, report, key) for p in paths]
     report.log(f"preprocessing {what}")
     rows = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     return rows, report

@@ -14,8 +14,9 @@ class BrokenSample(ValueError):
     """A sample MindSpeed-MM skips (with a warning) rather than failing the run."""
 
 
-def find_media(files, dataset_dir):
-    """Media paths of a sample: joined to `dataset_dir` when that file exists, else as written."""
+def find_media(files, dataset_dir, kind=None):
+    """Media paths of a sample: joined to `dataset_dir` when that file exists, else as written.
+    With `kind` ("image" / "video"), a path found in neither place is an error naming both."""
     if files is None:
         return []
     if isinstance(files, str):
@@ -27,7 +28,15 @@ def find_media(files, dataset_dir):
         if not isinstance(f, str):
             raise ValueError(f"media path must be a string, got {f!r}")
         joined = os.path.join(dataset_dir, f) if dataset_dir else f
-        out.append(joined if os.path.isfile(joined) or os.path.isdir(joined) else f)
+        if os.path.isfile(joined) or os.path.isdir(joined):
+            out.append(joined)
+        elif kind is None or os.path.isfile(f) or os.path.isdir(f):
+            out.append(f)
+        else:
+            where = (f"{os.path.abspath(joined)} (under basic_parameters.dataset_dir {dataset_dir!r}) nor "
+                     if dataset_dir and joined != f else "")
+            raise ValueError(f"{kind} file {f!r} not found: neither {where}{os.path.abspath(f)} (the working "
+                             f"directory) exists; fix dataset_dir in data.json or the path in the dataset")
     return out
 
 
@@ -110,6 +119,6 @@ def align_example(example, attr, dataset_dir):
     """One raw JSON record -> aligned sample (see module docstring)."""
     fn = align_sharegpt if attr.formatting == "sharegpt" else align_alpaca
     out = fn(example, attr)
-    out["images"] = find_media(example.get(attr.images), dataset_dir) if attr.images else []
-    out["videos"] = find_media(example.get(attr.videos), dataset_dir) if attr.videos else []
+    out["images"] = find_media(example.get(attr.images), dataset_dir, "image") if attr.images else []
+    out["videos"] = find_media(example.get(attr.videos), dataset_dir, "video") if attr.videos else []
     return out

@@ -137,6 +137,8 @@ def build_dpo_feed(args, startup, rank: int):
                          f"attr.rejected naming the two answers, and collate_param.model_name \"qwen2vl_dpo\"), as in "
                          f"examples/mindspore/qwen2vl/data_72b_dpo.json")
     train, val = build_datasets(cfg, args.seq_length, seed=args.seed)
+    from mindspeed_ms.training.vocab_check import check_token_ids
+    check_token_ids((train, val), startup.model.text.vocab_size, args.mm_data, args.mm_model)
     return make_feed(args, cfg, train, val, build_collator(cfg, args.seq_length), rank)
 
 
@@ -236,6 +238,7 @@ def main(argv=None) -> int:
     logger = DPOTrainLogger(args.train_iters, is_log_rank, args.tensorboard_dir)
     for n in startup.notices:
         logger.notice(n)
+    from mindspeed_ms.data.dataset import DataError
     try:
         from mindspeed_ms.peft.lora_training import attach_lora
         from mindspeed_ms.training.build import build_model, init_runtime
@@ -249,7 +252,7 @@ def main(argv=None) -> int:
         if args.load and (lora is None or lora.resume_from_load):
             trainer.load()
         trainer.train()
-    except TrainingError as e:
+    except (TrainingError, DataError) as e:     # DataError: a sample that broke after preprocessing
         if rank == 0 or is_log_rank:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 1

@@ -345,6 +345,7 @@ def main(argv=None) -> int:
     logger = TrainLogger(args.train_iters, is_log_rank, args.tensorboard_dir)
     for n in startup.notices:
         logger.notice(n)
+    from mindspeed_ms.data.dataset import DataError
     try:
         from mindspeed_ms.training.build import build_model, init_runtime
         init_runtime(args, backend, world, logger, data_parallel=not sharded)
@@ -362,7 +363,7 @@ def main(argv=None) -> int:
         if args.load and (lora is None or lora.resume_from_load):
             trainer.load()
         trainer.train()
-    except TrainingError as e:
+    except (TrainingError, DataError) as e:     # DataError: a sample that broke after preprocessing
         if rank == 0 or is_log_rank:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
