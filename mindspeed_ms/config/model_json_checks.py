@@ -34,6 +34,16 @@ DEFAULTED = {
 TOKEN_KEYS = ("img_context_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
 
 
+# Bounds that no real model reaches; beyond them a value is a typo (and would hang or exhaust memory
+# while the model is laid out): layer counts, and sizes that must index int32 tensor dimensions.
+MAX_LAYERS = 10000
+MAX_SIZE = 2 ** 31 - 1
+
+
+def _is_size(key: str) -> bool:
+    return key.endswith(("_size", "_channels", "num_layers")) or key.startswith("num_")
+
+
 class ModelJsonError(ValueError):
     """model.json lacks a structure key or holds a value outside its range (names file and key)."""
 
@@ -92,11 +102,14 @@ def check_model_json(path: str, model=None) -> List[str]:
             v = sec.get(k)
             if _num(v) and not 0 <= v < 1:
                 raise ModelJsonError(f"{path}: {name}.{k} is {v}; a dropout probability is in [0, 1)")
-        for k in ("num_layers", "hidden_size", "num_attention_heads", "vocab_size", "patch_size",
-                  "spatial_merge_size", "in_channels", "temporal_patch_size"):
-            v = sec.get(k)
-            if isinstance(v, int) and not isinstance(v, bool) and (v < 0 or (v == 0 and k != "num_layers")):
-                raise ModelJsonError(f"{path}: {name}.{k} is {v}; it must be positive")
+        for k, v in sec.items():
+            if not (isinstance(v, int) and not isinstance(v, bool)) or not _is_size(k):
+                continue
+            low = 0 if k in ("num_layers", "recompute_num_layers") else 1
+            high = MAX_LAYERS if k.endswith("num_layers") else MAX_SIZE
+            if not low <= v <= high:
+                raise ModelJsonError(f"{path}: {name}.{k} is {v}; it must be in [{low}, {high}] (a size or count "
+                                     f"of a real model)")
     text = _section(data, TEXT) or {}
     vocab = text.get("vocab_size")
     if isinstance(vocab, int) and vocab > 0:

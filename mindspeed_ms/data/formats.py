@@ -46,12 +46,24 @@ def _get(example, column, what):
     return example[column]
 
 
+def _text(example, column, what):
+    """A text column's value ('' when absent or null); anything but a string is an error naming it."""
+    value = example.get(column)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"column {column!r} (attr.{what}) must hold text, got {type(value).__name__} {value!r:.80}")
+    return value
+
+
 def _message(msg, attr, where):
     if not isinstance(msg, dict):
         raise BrokenSample(f"{where} is not an object: {msg!r}")
     role, content = msg.get(attr.role_tag), msg.get(attr.content_tag)
     if not isinstance(content, str):
         raise BrokenSample(f"{where} has no string {attr.content_tag!r}")
+    if not isinstance(role, str):   # a list or object can be no role tag: the sample is skipped, as a bad tag
+        raise BrokenSample(f"{where} has {attr.role_tag!r} {role!r}, not a role tag string")
     return role, content
 
 
@@ -67,7 +79,7 @@ def align_sharegpt(example, attr):
         system = _message(messages[0], attr, "message 0")[1]
         messages = messages[1:]
     elif attr.system:
-        system = example.get(attr.system) or ""
+        system = _text(example, attr.system, "system")
     aligned = []
     for i, msg in enumerate(messages):
         role, content = _message(msg, attr, f"message {i}")
@@ -98,8 +110,11 @@ def align_alpaca(example, attr):
         for old in example[attr.history]:
             if not (isinstance(old, (list, tuple)) and len(old) == 2):
                 raise BrokenSample(f"{attr.history!r} must hold [prompt, response] pairs")
+            if not all(isinstance(t, str) for t in old):
+                raise BrokenSample(f"{attr.history!r} must hold [prompt, response] string pairs")
             prompt += [{"role": "user", "content": old[0]}, {"role": "assistant", "content": old[1]}]
-    query = [example[c] for c in (attr.prompt, attr.query) if c and example.get(c)]
+    query = [_text(example, c, what) for c, what in ((attr.prompt, "prompt"), (attr.query, "query"))
+             if c and example.get(c)]
     prompt.append({"role": "user", "content": "\n".join(query)})
     if attr.ranking:
         c, r = example.get(attr.chosen), example.get(attr.rejected)
@@ -111,7 +126,7 @@ def align_alpaca(example, attr):
         if not isinstance(out, str):
             raise BrokenSample(f"alpaca sample has no string {attr.response!r}")
         response = [{"role": "assistant", "content": out}]
-    system = (example.get(attr.system) or "") if attr.system else ""
+    system = _text(example, attr.system, "system") if attr.system else ""
     return {"prompt": prompt, "response": response, "system": system}
 
 
