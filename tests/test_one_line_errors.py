@@ -204,3 +204,23 @@ def test_hf_to_mm_into_a_file(work, tmp_path, capfd):
     err = capfd.readouterr().err.strip()
     assert rc == 2 and err.startswith("mm-convert: error: --cfg.mm_dir") and "is a file" in err and "\n" not in err
     assert f.read_text() == "not a directory"
+
+
+def test_empty_answer_is_kept_with_a_warning(work, tmp_path, caplog):
+    import logging
+    rows = json.load(open(work / "data" / "train.json"))
+    rows[2]["messages"][-1]["content"] = ""
+    d = tmp_path / "data"
+    shutil.copytree(work / "data", d, ignore=shutil.ignore_patterns("cache_dir"))
+    (d / "train.json").write_text(json.dumps(rows))
+    from mindspeed_ms.config.data_config import load_data_json
+    from mindspeed_ms.data import dataset as ds_mod
+    ds_mod._empty_warned[0] = 0
+    with caplog.at_level(logging.WARNING):
+        train, _ = ds_mod.build_datasets(load_data_json(data_json(work, tmp_path, str(d))), 256)
+    hits = [r.getMessage() for r in caplog.records if "empty assistant answer" in r.getMessage()]
+    assert len(hits) == 1 and "train.json: sample 2 " in hits[0], hits
+    assert len(train) == len(rows)                       # kept, as MindSpeed-MM keeps it
+    labels = [t for t in train.rows[2]["labels"] if t != -100]
+    turns = sum(m["role"] == "assistant" for m in rows[2]["messages"])
+    assert labels.count(151645) == turns                 # the empty turn still trains its <|im_end|>

@@ -43,6 +43,23 @@ def _file_digest(path):
     return h.hexdigest()[:16]
 
 
+_EMPTY_WARNINGS_PER_PROCESS = 5
+_empty_warned = [0]
+
+
+def _warn_empty_answers(sample, source, index):
+    """MindSpeed-MM trains on an empty assistant answer (its labels are then `<|im_end|>` alone); that
+    is kept, but said: it is usually a conversion mistake. A few lines per preprocessing process (the
+    count is not shared between worker processes, and a reused cache does not repeat them)."""
+    answers = [m for m in sample["prompt"] + sample["response"] if m["role"] in ("assistant", "function")]
+    if not any(not m["content"].strip() for m in answers) or _empty_warned[0] >= _EMPTY_WARNINGS_PER_PROCESS:
+        return
+    _empty_warned[0] += 1
+    more = " (further empty answers are not listed)" if _empty_warned[0] == _EMPTY_WARNINGS_PER_PROCESS else ""
+    logger.warning("%s: sample %d has an empty assistant answer: it trains on <|im_end|> alone, as in "
+                   "MindSpeed-MM; fix or drop the sample if that is not intended%s", source, index, more)
+
+
 class _Preprocessor:
     """The per-record function given to `datasets.map` (picklable for worker processes)."""
 
@@ -71,6 +88,7 @@ class _Preprocessor:
         row = dict(_EMPTY_ROW, source=self.source, index=index)
         try:
             s = align_example(example, self.attr, self.basic.dataset_dir)
+            _warn_empty_answers(s, self.source, index)
             row["images"], row["videos"] = s["images"], s["videos"]
             row["image_tokens"] = [self.image_tokens(p) for p in s["images"]]
             row["video_tokens"] = [self.video_tokens(p) for p in s["videos"]]
