@@ -155,3 +155,11 @@ def test_free_space_against_one_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(10 ** 12, 0, need))
     prepare_save_dir(args, st, 0)
     save_lock.release(args.save)
+
+
+def test_msrun_scheduler_does_not_take_the_lock(tmp_path, monkeypatch):
+    """msrun's scheduler runs the script with rank 0 too; worker 0 of the same job must get the lock."""
+    args, st = startup_for(tmp_path, f"--save {tmp_path}/save")
+    monkeypatch.setenv("MS_ROLE", "MS_SCHED")
+    prepare_save_dir(args, st, 0)
+    assert not os.path.exists(save_lock.lock_path(args.save))

@@ -66,7 +66,9 @@ def prepare_save_dir(args, startup, rank: int):
     from mindspeed_ms.config.param_shapes import param_count
     check_free_space(args.save, estimated_checkpoint_bytes(args, startup.model), param_count(startup.model),
                      not args.no_save_optim)
-    if rank == 0:
+    # msrun's scheduler process runs the script too (its init() only coordinates): it must not hold
+    # the lock, or worker 0 of the same job would find --save in use
+    if rank == 0 and os.environ.get("MS_ROLE") != "MS_SCHED":
         try:
             save_lock.acquire(args.save)
         except save_lock.SaveLockError as e:
