@@ -69,7 +69,8 @@ def build_feed(args, startup, rank: int, collator_options=None):
                          f"for preference training; use posttrain_qwen2vl_dpo.py with it")
     train, val = build_datasets(cfg, args.seq_length, seed=args.seed)
     from mindspeed_ms.training.vocab_check import check_token_ids
-    check_token_ids((train, val), startup.model.text.vocab_size, args.mm_data, args.mm_model)
+    if startup is not None:     # (callers that only want the data pass no start-up state)
+        check_token_ids((train, val), startup.model.text.vocab_size, args.mm_data, args.mm_model)
     collator = build_collator(cfg, args.seq_length, **(collator_options(train, cfg) if collator_options else {}))
     return make_feed(args, cfg, train, val, collator, rank)
 
