@@ -9,7 +9,6 @@ import subprocess
 import sys
 import zipfile
 
-import numpy as np
 import pytest
 from PIL import Image
 

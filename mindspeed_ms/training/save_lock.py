@@ -14,7 +14,6 @@ import json
 import os
 import socket
 import time
-from typing import Optional
 
 LOCK_NAME = ".mindspeed-ms.lock"
 
