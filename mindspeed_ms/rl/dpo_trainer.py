@@ -137,6 +137,8 @@ def build_dpo_feed(args, startup, rank: int):
                          f"attr.rejected naming the two answers, and collate_param.model_name \"qwen2vl_dpo\"), as in "
                          f"examples/mindspore/qwen2vl/data_72b_dpo.json")
     train, val = build_datasets(cfg, args.seq_length, seed=args.seed)
+    from mindspeed_ms.training.vocab_check import check_token_ids
+    check_token_ids((train, val), startup.model.text.vocab_size, args.mm_data, args.mm_model)
     from mindspeed_ms.training.build import batch_layout_for  # the model family's vision layout
     collator = build_collator(cfg, args.seq_length, batch_layout=batch_layout_for(startup.model))
     return make_feed(args, cfg, train, val, collator, rank)
@@ -226,6 +228,8 @@ def main(argv=None) -> int:
         check_lora_args(args)
         backend = detect_backend()
         startup = validate_args(args, world_size=world, backend=backend)
+        from mindspeed_ms.training.save_dir import prepare_save_dir
+        prepare_save_dir(args, startup, rank)      # writable, room for a checkpoint, the --save lock
         check_dpo_layout(startup, backend)
         ref_dir = resolve_reference(args)
         feed = build_dpo_feed(args, startup, rank)
@@ -236,6 +240,7 @@ def main(argv=None) -> int:
     logger = DPOTrainLogger(args.train_iters, is_log_rank, args.tensorboard_dir, log_tps=args.log_tps)
     for n in startup.notices:
         logger.notice(n)
+    from mindspeed_ms.data.dataset import DataError
     from mindspeed_ms.training.wandb_writer import attach_wandb
     attach_wandb(logger, args)
     try:
@@ -251,7 +256,7 @@ def main(argv=None) -> int:
         if args.load and (lora is None or lora.resume_from_load):
             trainer.load()
         trainer.train()
-    except TrainingError as e:
+    except (TrainingError, DataError) as e:     # DataError: a sample that broke after preprocessing
         if rank == 0 or is_log_rank:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 1

@@ -369,6 +369,8 @@ def main(argv=None) -> int:
         args = parse_args(argv)
         backend = detect_backend()
         startup = validate_args(args, world_size=world, backend=backend)
+        from mindspeed_ms.training.save_dir import prepare_save_dir
+        prepare_save_dir(args, startup, rank)      # writable, room for a checkpoint, the --save lock
         from mindspeed_ms.parallel.train_setup import uses_sharded_path
         # Ascend with TP/PP/CP (or the distributed optimizer): the semi-auto-parallel step of
         # training.sharded_trainer; on CPU validate_args has already stopped such layouts
@@ -386,6 +388,7 @@ def main(argv=None) -> int:
     logger = TrainLogger(args.train_iters, is_log_rank, args.tensorboard_dir, log_tps=args.log_tps)
     for n in startup.notices:
         logger.notice(n)
+    from mindspeed_ms.data.dataset import DataError
     from mindspeed_ms.training.wandb_writer import attach_wandb
     attach_wandb(logger, args)
     try:
@@ -405,7 +408,7 @@ def main(argv=None) -> int:
         if args.load and (lora is None or lora.resume_from_load):
             trainer.load()
         trainer.train()
-    except TrainingError as e:
+    except (TrainingError, DataError) as e:     # DataError: a sample that broke after preprocessing
         if rank == 0 or is_log_rank:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
