@@ -1,0 +1,63 @@
+"""pretrain_vlm.py's entry point: parse and validate everything before any compute, then the
+data-parallel `Trainer` (training/trainer.py) or, on Ascend with TP/PP/CP (or the distributed
+optimizer), the sharded one (training/sharded_trainer.py). Kept apart from the trainer so that the
+trainer module does not import the sharded trainer and LoRA, which import it."""
+from __future__ import annotations
+
+import sys
+
+from mindspeed_ms.arguments import ArgumentError, parse_args, validate_args
+from mindspeed_ms.training.backend import detect_backend, dist_env
+from mindspeed_ms.training.train_log import TrainLogger
+from mindspeed_ms.training.trainer import Trainer, TrainingError
+
+
+def main(argv=None) -> int:
+    """pretrain_vlm.py: returns the process exit code."""
+    rank, world = dist_env()
+    is_log_rank = rank == world - 1
+    try:
+        args = parse_args(argv)
+        backend = detect_backend()
+        startup = validate_args(args, world_size=world, backend=backend)
+        from mindspeed_ms.parallel.train_setup import uses_sharded_path
+        # Ascend with TP/PP/CP (or the distributed optimizer): the semi-auto-parallel step of
+        # training.sharded_trainer; on CPU validate_args has already stopped such layouts
+        sharded = uses_sharded_path(startup.parallel, backend)
+        if sharded:
+            from mindspeed_ms.training.sharded_trainer import build_sharded_feed
+            feed = build_sharded_feed(args, startup, rank, backend)
+        else:
+            from mindspeed_ms.training.build import build_feed
+            feed = build_feed(args, startup, rank)
+    except (ArgumentError, TrainingError, ValueError, OSError) as e:
+        if rank == 0:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    logger = TrainLogger(args.train_iters, is_log_rank, args.tensorboard_dir)
+    for n in startup.notices:
+        logger.notice(n)
+    try:
+        from mindspeed_ms.training.build import build_model, init_runtime
+        init_runtime(args, backend, world, logger, data_parallel=not sharded)
+        model = build_model(startup.model, args, backend)
+        from mindspeed_ms.peft.lora_training import attach_lora
+        # --lora-target-modules: adapters on, base frozen + loaded (in the sharded run's GLU order)
+        lora = attach_lora(model, args, logger, plan_tp=startup.parallel.tp if sharded else 1)
+        if sharded:
+            from mindspeed_ms.training.sharded_trainer import ShardedTrainer
+            trainer = ShardedTrainer(args, startup, rank, world, logger, model, feed, backend)
+        else:
+            trainer = Trainer(args, startup, rank, world, logger, model, feed)
+        if lora is not None:
+            lora.bind(trainer)
+        if args.load and (lora is None or lora.resume_from_load):
+            trainer.load()
+        trainer.train()
+    except TrainingError as e:
+        if rank == 0 or is_log_rank:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        logger.close()
+    return 0
