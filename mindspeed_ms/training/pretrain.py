@@ -40,14 +40,16 @@ def main(argv=None) -> int:
     try:
         from mindspeed_ms.training.build import build_model, init_runtime
         init_runtime(args, backend, world, logger, data_parallel=not sharded)
-        model = build_model(startup.model, args, backend)
-        from mindspeed_ms.peft.lora_training import attach_lora
-        # --lora-target-modules: adapters on, base frozen + loaded (in the sharded run's GLU order)
-        lora = attach_lora(model, args, logger, plan_tp=startup.parallel.tp if sharded else 1)
         if sharded:
-            from mindspeed_ms.training.sharded_trainer import ShardedTrainer
-            trainer = ShardedTrainer(args, startup, rank, world, logger, model, feed, backend)
+            # lazy: built unallocated, each rank allocates and loads only its own slices
+            from mindspeed_ms.training.sharded_trainer import ShardedTrainer, build_sharded_model
+            model, lora = build_sharded_model(startup, args, backend, logger, lazy=True)
+            trainer = ShardedTrainer(args, startup, rank, world, logger, model, feed, backend, lazy=True, lora=lora)
         else:
+            model = build_model(startup.model, args, backend)
+            from mindspeed_ms.peft.lora_training import attach_lora
+            # --lora-target-modules: adapters on, base frozen + loaded
+            lora = attach_lora(model, args, logger)
             trainer = Trainer(args, startup, rank, world, logger, model, feed)
         if lora is not None:
             lora.bind(trainer)
