@@ -98,6 +98,7 @@ def test_every_rank_holds_exactly_its_mm_convert_slice(work, layout, mmconv):
     assert seen == {(t, p) for t in range(2) for p in range(2)}
 
 
+@pytest.mark.slow
 def test_other_layout_and_fresh_init_give_the_slices(work, layout, mmconv):
     # mm-convert's tp 1 pp 1 release: the merged reader, cut to the slice -> the same values
     a = _rank(work, layout, 5, f"--load {work}/lazy_tp1pp1")

@@ -42,7 +42,7 @@ from mindspeed_ms.training.trainer import Trainer, TrainingError
 
 _RANKS = {"input_ids": 2, "attention_mask": 2, "position_ids": 3, "pixel_values": 2, "vision_pos_ids": 2,
           "vision_segment_ids": 1, "vision_gather_index": 2, "vision_token_mask": 2, "labels": 2,
-          "loss_weights": 2, FLASH_KEY: 1}
+          "loss_weights": 2, "ref_logps": 1, FLASH_KEY: 1}
 
 
 def uses_flash(args, backend: str) -> bool:
@@ -99,7 +99,7 @@ class ShardedTrainer(Trainer):
             apply_shard_plan(model.network, self.plan)
         except ParallelConfigError as e:
             raise TrainingError(str(e)) from None
-        self.keys = SHARDED_KEYS + ((FLASH_KEY,) if flash else ())
+        self.keys = self._step_keys() + ((FLASH_KEY,) if flash else ())
         if lazy and dry:
             # dry mode: the plan gives the slice shapes (on Ascend the compiled network does, first step)
             self._fill_lazy(model.network, compiled=False)
@@ -121,9 +121,9 @@ class ShardedTrainer(Trainer):
 
     def _build_step_cells(self):
         from mindspeed_ms.training.optimizer import AdamW
-        from mindspeed_ms.training.sharded_step import ShardedForward, ShardedLossCell, ShardedTrainStep
+        from mindspeed_ms.training.sharded_step import ShardedForward, ShardedTrainStep
         args = self.args
-        self.loss_cell = ShardedLossCell(self.model.network)
+        self.loss_cell = self._loss_network()
         self.settings = autoparallel_settings(self.plan, [_RANKS[k] for k in self.keys], prefix="network")
         net = wrap_micro_batches(self.loss_cell, self.settings)
         self.optimizer = AdamW(self.trainable, args.adam_beta1, args.adam_beta2, args.adam_eps, args.weight_decay)
@@ -137,6 +137,16 @@ class ShardedTrainer(Trainer):
         self.train_net = self.settings.apply(self.step_cell)
         self.eval_net = self.settings.apply(self.forward_cell)
         self.micro, self.forward = _CompileCount(self.train_net), _CompileCount(self.eval_net)
+
+    # ---- what the step computes (the DPO trainer, rl/sharded_dpo.py, overrides these) --------------
+    def _step_keys(self):
+        """The batch keys of the step Cell's inputs, in its positional order (without the flash key)."""
+        return SHARDED_KEYS
+
+    def _loss_network(self):
+        """The Cell whose scalar output the step differentiates (under the micro-batch wrapper)."""
+        from mindspeed_ms.training.sharded_step import ShardedLossCell
+        return ShardedLossCell(self.model.network)
 
     # ---- lazy parameters (parallel/lazy_params.py) ---------------------------------------------------
     def own_names(self, params=None):
