@@ -169,3 +169,83 @@ def test_sharded_dpo_loss_equals_data_parallel_loss(dwork):
         assert abs(m["rewards/accuracies"] - dp_m[3]) < 1e-6
     finally:
         ms.set_context(mode=ms.GRAPH_MODE)
+
+
+def _script_argv(script, workdir):
+    """The program arguments the shipped script hands msrun (msrun replaced by a recorder)."""
+    import stat
+    bindir = workdir / "bin"
+    bindir.mkdir(exist_ok=True)
+    record = workdir / "argv.txt"
+    p = bindir / "msrun"
+    p.write_text(f"#!/bin/bash\nprintf '%s\\n' \"$@\" > {record}\n")
+    p.chmod(p.stat().st_mode | stat.S_IEXEC)
+    env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    subprocess.run(["bash", script], cwd=workdir, env=env, capture_output=True, text=True, timeout=60)
+    argv = record.read_text().splitlines()
+    return argv[argv.index("posttrain_qwen2vl_dpo.py") + 1:]
+
+
+def test_72b_lora_dpo_script_validates_and_plans_under_64_gb(tmp_path):
+    """finetune_qwen2vl_72b_dpo.sh with the README's layout (model_72b.json's pipeline_num_layers
+    [32,0,0,0] / [17,21,22,20]): validate_args accepts it on Ascend (8 NPUs, TP 2, PP 4, the sharded
+    path), and `plan --dpo` with its LoRA flags fits a 64 GB NPU."""
+    import io
+    from mindspeed_ms.arguments import parse_args, validate_args
+    from mindspeed_ms.parallel.plan import run
+    from mindspeed_ms.parallel.train_setup import uses_sharded_path
+    from mindspeed_ms.rl.dpo_trainer import check_dpo_args, resolve_reference
+    d = json.load(open(os.path.join(EX, "model_72b.json")))
+    d["image_encoder"]["vision_encoder"]["pipeline_num_layers"] = [32, 0, 0, 0]
+    d["text_decoder"]["pipeline_num_layers"] = [17, 21, 22, 20]
+    mj = tmp_path / "model_72b.json"
+    mj.write_text(json.dumps(d))
+    argv = _script_argv(os.path.join(EX, "finetune_qwen2vl_72b_dpo.sh"), tmp_path)
+    argv[argv.index("--mm-model") + 1] = str(mj)
+    assert argv[argv.index("--load") + 1] == argv[argv.index("--ref-model") + 1]   # the base is the reference
+    ck = tmp_path / "ckpt"                      # the script's LOAD_PATH, as mm-convert leaves it
+    (ck / "release").mkdir(parents=True)
+    (ck / "latest_checkpointed_iteration.txt").write_text("release")
+    argv[argv.index("--load") + 1] = argv[argv.index("--ref-model") + 1] = str(ck)
+    args = parse_args(argv, prog="posttrain_qwen2vl_dpo.py")
+    check_dpo_args(args)
+    st = validate_args(args, 8, "Ascend", require_data=False)
+    assert resolve_reference(args) == str(ck)
+    cfg = st.parallel
+    assert (cfg.tp, cfg.pp, cfg.dp, cfg.num_micro_batches) == (2, 4, 1, 64) and uses_sharded_path(cfg, "Ascend")
+    assert args.lora_target_modules == ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"]
+    out = io.StringIO()
+    rc = run(["--mm-model", str(mj), "--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "4",
+              "--micro-batch-size", "1", "--global-batch-size", "64", "--seq-length", "1024", "--num-devices", "8",
+              "--use-distributed-optimizer", "--dpo", "--lora-target-modules", *args.lora_target_modules], out)
+    text = out.getvalue()
+    assert rc == 0 and "reference = the base model" in text and "WARNING" not in text, text
+    totals = [float(line.split()[6]) for line in text.splitlines() if line.strip()[:1].isdigit() and
+              len(line.split()) == 8]
+    assert len(totals) == 4 and max(totals) < 64
+    # --llm-pp-layers / --vit-pp-layers override model.json, as mm-convert's options name them
+    out2 = io.StringIO()
+    run(["--mm-model", os.path.join(EX, "model_72b.json"), "--tensor-model-parallel-size", "2",
+         "--pipeline-model-parallel-size", "4", "--micro-batch-size", "1", "--global-batch-size", "64",
+         "--seq-length", "1024", "--num-devices", "8", "--use-distributed-optimizer", "--dpo",
+         "--lora-target-modules", *args.lora_target_modules, "--llm-pp-layers", "17", "21", "22", "20",
+         "--vit-pp-layers", "32", "0", "0", "0"], out2)
+    assert out2.getvalue() == text
+
+
+def test_dpo_memory_counts_pairs_and_the_reference_copy():
+    from mindspeed_ms.config.model_config import load_model_json
+    from mindspeed_ms.parallel.config import validate_parallel_config
+    from mindspeed_ms.parallel.memory import estimate_memory
+    from mindspeed_ms.parallel.shard_plan import build_shard_plan
+    cfg = load_model_json(os.path.join(EX, "model_7b.json"))
+    pcfg = validate_parallel_config({"tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 4,
+                                     "micro_batch_size": 1, "global_batch_size": 8, "seq_length": 1024}, cfg, 8)
+    plan = build_shard_plan(cfg, pcfg, backend="Ascend", bf16=True)
+    sft = estimate_memory(plan)
+    dpo = estimate_memory(plan, dpo=True)
+    copy = estimate_memory(plan, dpo=True, dpo_reference_copy=True)
+    for a, b, c in zip(sft, dpo, copy):
+        assert b.activation_bytes > 1.9 * a.activation_bytes * 0.5 and b.activation_bytes > a.activation_bytes
+        assert b.weight_bytes == a.weight_bytes and c.weight_bytes == 2 * a.weight_bytes
+        assert (b.grad_bytes, b.optimizer_bytes) == (a.grad_bytes, a.optimizer_bytes)
