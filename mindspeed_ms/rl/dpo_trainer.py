@@ -34,8 +34,9 @@ def _same_dir(a: Optional[str], b: Optional[str]) -> bool:
     return bool(a) and bool(b) and os.path.realpath(a) == os.path.realpath(b)
 
 
-def resolve_reference(args) -> str:
-    """The reference checkpoint directory (checked before any compute)."""
+def resolve_reference(args) -> Optional[str]:
+    """The reference checkpoint directory (checked before any compute); None for LoRA without any
+    checkpoint (the randomly initialised base, adapters off, is the reference)."""
     lora = bool(args.lora_target_modules)
     if args.ref_model is not None:
         if not os.path.isdir(args.ref_model):
@@ -46,6 +47,8 @@ def resolve_reference(args) -> str:
                                 f"is missing): point it at an mm-convert hf_to_mm output or a --save directory.")
         return args.ref_model
     start = (args.load_base_model or args.load) if lora else args.load
+    if lora and not start:
+        return None      # LoRA on a randomly initialised base (attach_lora says so): the reference is that base
     if not start:
         raise ArgumentError("DPO needs a frozen reference model: pass --ref-model (or --load, its default) with the "
                             "checkpoint the policy starts from.")
@@ -92,7 +95,7 @@ class FrozenReference:
 
 
 def build_reference(args, startup, backend, ref_dir, policy, lora):
-    if lora is not None and _same_dir(ref_dir, lora.base_dir):
+    if lora is not None and (ref_dir is None or _same_dir(ref_dir, lora.base_dir)):
         return AdapterOffReference(policy.network, lora.adapters)
     from mindspeed_ms.training.build import build_model
     from mindspeed_ms.training.checkpointing import CheckpointLoadError, load_checkpoint

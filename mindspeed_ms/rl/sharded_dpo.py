@@ -256,7 +256,7 @@ def build_reference_model(startup, args, backend: str, lora, ref_dir: str, lazy:
     from mindspeed_ms.parallel.lazy_params import lazy_init
     from mindspeed_ms.rl.dpo_trainer import _same_dir
     from mindspeed_ms.training.build import build_model
-    if lora is not None and _same_dir(ref_dir, lora.base_dir):
+    if lora is not None and (ref_dir is None or _same_dir(ref_dir, lora.base_dir)):
         return None
     with lazy_init() if lazy else nullcontext():
         return build_model(startup.model, args, backend).network

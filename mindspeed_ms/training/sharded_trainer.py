@@ -347,7 +347,12 @@ class ShardedTrainer(Trainer):
             self.write_rank_checkpoint()
         self._barrier()
         if self.rank == 0:
-            path = commit(self.args.save, self.iteration, self.plan)
+            from mindspeed_ms.checkpoint.layout import LayoutDirError
+            try:
+                path = commit(self.args.save, self.iteration, self.plan)
+            except LayoutDirError as e:     # e.g. --save not shared between nodes (docs/multinode.md)
+                raise TrainingError(f"{e}; with several nodes --save must be a shared filesystem "
+                                    f"(docs/multinode.md)") from None
             self.log.print(f"  successfully saved checkpoint at iteration {self.iteration:7d} to {path} "
                            f"[ {time.time() - t0:.2f}s ]")
         self._barrier()
