@@ -37,19 +37,41 @@ def _msrun(work, node_rank, local, port, log, save):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def _wait_listening(port, proc, seconds=300):
+    import time
+    t0 = time.time()
+    while time.time() - t0 < seconds and proc.poll() is None:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"node 0's scheduler never listened on port {port}")
+
+
 @pytest.mark.slow
 def test_two_node_localhost_msrun_equals_single_node(work):
+    """On one machine both msrun processes find --master_addr among their own addresses, so each
+    starts a scheduler; node 1's cannot bind the port node 0's scheduler holds (started first here)
+    and makes node 1's msrun exit non-zero although its worker trains normally: that is checked to
+    be the only failure (on separate machines only the master node starts one)."""
     single = _msrun(work, None, 2, _free_port(), "log_single", "save_single")
     out_single, _ = single.communicate(timeout=900)
     assert single.returncode == 0, out_single[-3000:]
     port = _free_port()
-    nodes = [_msrun(work, r, 1, port, f"log_node{r}", "save_2node") for r in (0, 1)]
-    outs = [p.communicate(timeout=900)[0] for p in nodes]
-    assert all(p.returncode == 0 for p in nodes), "\n".join(o[-3000:] for o in outs)
+    node0 = _msrun(work, 0, 1, port, "log_node0", "save_2node")
+    _wait_listening(port, node0)
+    node1 = _msrun(work, 1, 1, port, "log_node1", "save_2node")
+    out0, out1 = node0.communicate(timeout=900)[0], node1.communicate(timeout=900)[0]
+    assert node0.returncode == 0, out0[-3000:]
+    worker1 = open(os.path.join(work, "log_node1", "worker_1.log")).read()
+    assert "trained 3 iterations" in worker1, worker1[-3000:]
+    if node1.returncode != 0:
+        sched1 = open(os.path.join(work, "log_node1", "scheduler.log")).read()
+        assert "Failed to init the tcp server" in sched1, out1[-3000:]
     a = _losses(out_single)
-    # the logging rank is the last one (rank 1, on node 1); its worker log has the iteration lines
-    b = _losses(outs[1]) or _losses(open(os.path.join(work, "log_node1", "worker_1.log")).read())
-    assert sorted(a) == [1, 2, 3] and sorted(b) == [1, 2, 3], (out_single[-2000:], outs[1][-2000:])
+    # the logging rank is the last one (rank 1, on node 1)
+    b = _losses(worker1)
+    assert sorted(a) == [1, 2, 3] and sorted(b) == [1, 2, 3], (out_single[-2000:], worker1[-2000:])
     for it in a:
         assert abs(a[it] - b[it]) <= 1e-6 * max(1.0, abs(a[it])), (it, a[it], b[it])
     # rank 0 (node 0) wrote the checkpoint into the shared directory
