@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 DTYPES = ("fp32", "fp16", "bf16")
+# `image_encoder.vision_encoder.attention_mask_type` values qwen2vit runs (None: key absent)
+VISION_MASK_TYPES = (None, "general")
 
 
 class ModelConfigError(ValueError):
@@ -74,6 +76,15 @@ def _check(cond, where, key, msg):
         raise ModelConfigError(f"{where}: key '{key}' {msg}")
 
 
+def _check_no_dropout(cfg, where, section):
+    """hidden_dropout / attention_dropout: every released Qwen2-VL file has 0.0; the model has no
+    dropout layers, so another value is refused rather than ignored."""
+    for key in ("hidden_dropout", "attention_dropout"):
+        _check(getattr(cfg, key) == 0.0, where, f"{section}.{key}",
+               f"is {getattr(cfg, key)}; dropout is not implemented here (Qwen2-VL's released configs use 0.0): "
+               f"set it to 0.0")
+
+
 def _check_pipeline_num_layers(value, num_layers, where, section):
     """`pipeline_num_layers` is flat (one count per stage, or pp*vpp counts) or MindSpeed-MM's VPP
     form, one list per virtual-pipeline chunk (`[[..pp..], [..pp..]]`). Without the run's pp/vpp
@@ -131,6 +142,10 @@ class VisionEncoderConfig:
     recompute_granularity: Optional[str] = None
     recompute_method: Optional[str] = None
     recompute_num_layers: Optional[int] = None
+    # MindSpeed-MM 2.2.0+: the mask the ViT attention uses. "general" = each image / frame attends
+    # only within itself (the block-diagonal mask from cu_seqlens, what qwen2vit is trained with);
+    # null (older releases) means the same.
+    attention_mask_type: Optional[str] = None
 
     def _finalize(self, where, section):
         _check(self.model_id == "qwen2vit", where, f"{section}.model_id", f"is '{self.model_id}'; this framework builds 'qwen2vit'")
@@ -154,6 +169,10 @@ class VisionEncoderConfig:
         _check(not self.post_layer_norm, where, f"{section}.post_layer_norm", "must be false: qwen2vit has no post layer norm")
         _check(self.add_qkv_bias and self.add_bias_linear, where, f"{section}.add_qkv_bias/add_bias_linear",
                "must be true: the Qwen2-VL checkpoints have ViT biases")
+        _check_no_dropout(self, where, section)
+        _check(self.attention_mask_type in VISION_MASK_TYPES, where, f"{section}.attention_mask_type",
+               f"is {self.attention_mask_type!r}; qwen2vit supports 'general' (each image attends within "
+               f"itself, bidirectionally) or null; a causal ViT mask is not how Qwen2-VL was trained")
         _check_pipeline_num_layers(self.pipeline_num_layers, self.num_layers, where, section)
 
     @property
@@ -233,6 +252,7 @@ class TextDecoderConfig:
 
     def _finalize(self, where, section):
         _check(self.model_id == "qwen2lm", where, f"{section}.model_id", f"is '{self.model_id}'; this framework builds 'qwen2lm'")
+        _check_no_dropout(self, where, section)
         _check(self.num_attention_heads > 0, where, f"{section}.num_attention_heads", "must be positive")
         if self.kv_channels is None:
             _check(self.hidden_size % self.num_attention_heads == 0, where, f"{section}.num_attention_heads",
@@ -345,6 +365,27 @@ def model_config_from_dict(data, where="<dict>"):
     top = {k: data[k] for k in _TOP_INT_KEYS if k in data}
     return Qwen2VLConfig(vision=vision, projector=projector, text=text, source=where,
                          present_top_keys=tuple(data.keys()), **top)
+
+
+# model.json switches of Megatron / MindSpeed kernels: true asks for a fused kernel that MindSpore's
+# graph compiler makes by itself, so they change nothing here (a start-up notice says so)
+_KERNEL_SWITCHES = {"use_fused_rotary_pos_emb": "rotary embedding", "use_fused_rmsnorm": "RMSNorm",
+                    "use_fused_swiglu": "SwiGLU", "bias_activation_fusion": "bias + activation"}
+
+
+def model_no_effect_notices(cfg):
+    """One line per model.json value that asks for something this framework does not do differently."""
+    out = []
+    for section, sub in (("image_encoder.vision_encoder", cfg.vision), ("image_encoder.vision_projector", cfg.projector),
+                         ("text_decoder", cfg.text)):
+        for key, what in _KERNEL_SWITCHES.items():
+            if getattr(sub, key, False):
+                out.append(f"{cfg.source}: {section}.{key} = true has no effect here (MindSpore's graph compiler "
+                           f"fuses the {what} itself; there is no kernel switch)")
+        if not getattr(sub, "attention_softmax_in_fp32", True):
+            out.append(f"{cfg.source}: {section}.attention_softmax_in_fp32 = false has no effect here (the "
+                       f"attention softmax always runs in fp32)")
+    return out
 
 
 def load_model_json(path):

@@ -135,6 +135,12 @@ class ShardedDPOTrainer(ShardedTrainer):
         `ref_dir`; None: the policy with its LoRA adapters off (needs `lora`)."""
         if reference_model is None and lora is None:
             raise TrainingError("sharded DPO: a reference model is needed (or LoRA with the base as reference)")
+        pcfg = startup.parallel
+        if pcfg.pipeline_micro_batches != pcfg.num_micro_batches:
+            # an empty (padding) micro-batch would add log 2 per pair slot to the DPO loss
+            raise TrainingError(f"sharded DPO needs at least {pcfg.pp} micro-batches per step (one per pipeline "
+                                f"stage), the layout has {pcfg.num_micro_batches}: raise --global-batch-size to "
+                                f"{pcfg.pp * args.micro_batch_size * pcfg.dp} or more")
         self.dpo_loss = DPOLoss(args.dpo_beta, args.dpo_label_smoothing, args.pref_ftx, args.dpo_loss_type)
         self.reference_model, self.ref_dir = reference_model, ref_dir
         super().__init__(args, startup, rank, world, logger, model, feed, backend, dry, lazy, lora)

@@ -34,9 +34,11 @@ def main(argv=None) -> int:
         if rank == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
-    logger = TrainLogger(args.train_iters, is_log_rank, args.tensorboard_dir)
+    logger = TrainLogger(args.train_iters, is_log_rank, args.tensorboard_dir, log_tps=args.log_tps)
     for n in startup.notices:
         logger.notice(n)
+    from mindspeed_ms.training.wandb_writer import attach_wandb
+    attach_wandb(logger, args)
     try:
         from mindspeed_ms.training.build import build_model, init_runtime
         init_runtime(args, backend, world, logger, data_parallel=not sharded)
