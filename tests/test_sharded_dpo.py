@@ -47,13 +47,13 @@ def dwork(tmp_path_factory):
     return w
 
 
-def argv(w, name, extra=""):
+def argv(w, name, extra="", lora=True):
     world, vit, llm = LAYOUTS[name]
     pp = len(llm)
     mj = model_json(w, name, vit, llm)
     return (f"--mm-data {w}/data.json --mm-model {mj} --micro-batch-size 1 --global-batch-size 4 --seq-length 256 "
             f"--lr 1e-4 --train-iters 2 --seed 3 --tensor-model-parallel-size 2 --pipeline-model-parallel-size {pp} "
-            f"--load {w}/base {LORA} {DPO} {extra}").split(), world
+            f"--load {w}/base {LORA if lora else ''} {DPO} {extra}").split(), world
 
 
 @pytest.mark.parametrize("name", ["tp2_pp2", pytest.param("tp2_pp4", marks=pytest.mark.slow)])
@@ -249,3 +249,27 @@ def test_dpo_memory_counts_pairs_and_the_reference_copy():
         assert b.activation_bytes > 1.9 * a.activation_bytes * 0.5 and b.activation_bytes > a.activation_bytes
         assert b.weight_bytes == a.weight_bytes and c.weight_bytes == 2 * a.weight_bytes
         assert (b.grad_bytes, b.optimizer_bytes) == (a.grad_bytes, a.optimizer_bytes)
+
+
+def test_full_parameter_dpo_builds_a_lazy_frozen_reference(dwork):
+    """Without LoRA the reference is a second model under the same plan: each rank holds only its
+    slices of --ref-model (equal to the policy's, both loaded from the same checkpoint), frozen, with
+    its own forward graph; the policy has one for the metrics."""
+    from mindspeed_ms.parallel.rank_params import param_owner
+    from mindspeed_ms.rl.sharded_dpo import dry_run
+    a, world = argv(dwork, "tp2_pp2", f"--ref-model {dwork}/base", lora=False)
+    tr = dry_run(a, 0, world)
+    assert tr.reference_model is not None and tr.policy_net is not tr.ref_net
+    owner = param_owner(tr.ref_plan)
+    pol = {p.name: p for p in tr.model.network.get_parameters()}
+    n = 0
+    for p in tr.reference_model.get_parameters():
+        if p.name not in owner:
+            continue
+        assert not p.requires_grad
+        if owner[p.name][0] != tr.coords.pp:
+            assert p.has_init
+            continue
+        n += 1
+        np.testing.assert_array_equal(p.asnumpy(), pol[p.name].asnumpy(), err_msg=p.name)
+    assert n > 0 and tr.optimizer.params
