@@ -133,7 +133,9 @@ def build_dpo_feed(args, startup, rank: int):
     cfg = load_data_json(args.mm_data)
     check_ranking_data(args, cfg)
     train, val = build_datasets(cfg, args.seq_length, seed=args.seed)
-    return make_feed(args, cfg, train, val, build_collator(cfg, args.seq_length), rank)
+    from mindspeed_ms.training.build import batch_layout_for  # the model family's vision layout
+    collator = build_collator(cfg, args.seq_length, batch_layout=batch_layout_for(startup.model))
+    return make_feed(args, cfg, train, val, collator, rank)
 
 
 class DPOTrainer(Trainer):

@@ -251,8 +251,10 @@ def build_sharded_dpo_feed(args, startup, rank: int, backend: str = "Ascend"):
     n, k = fixed_vision_shapes(patches, blocks, 2 * args.micro_batch_size, merge)
     opts = collator_options(pcfg, coords, args.seq_length, n, k if uses_flash(args, backend) else None)
     cp = cfg.dataloader_param.collate_param
+    from mindspeed_ms.training.build import batch_layout_for   # the model family's vision layout
     collator = InterleavedDPOCollator(args.seq_length, ignore_pad_token_for_loss=cp.ignore_pad_token_for_loss,
-                                      pad_to_multiple_of=cp.pad_to_multiple_of, **opts)
+                                      pad_to_multiple_of=cp.pad_to_multiple_of,
+                                      batch_layout=batch_layout_for(startup.model), **opts)
     return make_feed(args, cfg, train, val, collator, coords.dp)
 
 
