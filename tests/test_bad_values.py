@@ -53,7 +53,7 @@ def test_good_values_pass(tmp_path):
 
 
 def test_bad_value_through_main_is_one_line(tmp_path, capsys):
-    from mindspeed_ms.training.trainer import main
+    from mindspeed_ms.training.pretrain import main
     data = tmp_path / "data.json"
     data.write_text("{}")
     mj = small_model_json(str(tmp_path / "model.json"))

@@ -52,7 +52,7 @@ def data_json(work, tmp_path, data_dir=None):
 
 
 def train_main(argv, capfd):
-    from mindspeed_ms.training.trainer import main
+    from mindspeed_ms.training.pretrain import main
     capfd.readouterr()
     rc = main(argv)
     err = capfd.readouterr().err

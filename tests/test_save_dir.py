@@ -57,7 +57,7 @@ def test_second_run_refused_naming_lock_and_process(tmp_path, holder, capsys):
     msg = str(e.value)
     assert f"pid {proc.pid}" in msg and save_lock.lock_path(save) in msg and "another training run" in msg
     # the training entry point refuses before building anything: one line, exit 2
-    from mindspeed_ms.training.trainer import main
+    from mindspeed_ms.training.pretrain import main
     data = tmp_path / "data.json"
     data.write_text("{}")
     mj = small_model_json(str(tmp_path / "model.json"))
