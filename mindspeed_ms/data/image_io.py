@@ -39,7 +39,12 @@ def load_image(src):
         img = Image.open(src)
         img.load()  # decode now so a truncated file fails here, not later in a worker
     except FileNotFoundError:
-        raise MediaError(f"image file not found: {name}") from None
+        raise MediaError(f"image file not found: {name} (looked for {os.path.abspath(name)})") from None
+    except Image.DecompressionBombError as e:
+        # PIL refuses images above 2 x Image.MAX_IMAGE_PIXELS before decoding them (a decompression bomb
+        # or an image far beyond any max_pixels); an Exception, not an OSError
+        raise MediaError(f"image {name} is too large to open safely ({e}); shrink the image (or drop it from "
+                         f"the dataset)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise MediaError(f"cannot read image {name}: {e}") from None
     return img
@@ -161,6 +166,31 @@ def load_video_frames(src, fps=2.0, maxlen=128):
         except MediaError:
             return _frames_from_pil_sequence(src, fps, maxlen)
     return _frames_from_av(src, fps, maxlen)
+
+
+def sampled_fps(src, fps=2.0, maxlen=128):
+    """Frames per second of the sampled video, as MindSpeed-MM's Qwen2.5-VL data computes it for
+    `second_per_grid_ts` (= temporal_patch_size / this): for a file read by PyAV, the number of
+    sampled frame indices over the stream's duration (`maxlen` indices when the stream has no frame
+    count); `fps` when the duration is unknown or the video is a frame directory / frame list. A file
+    PyAV cannot open (animated WebP) uses its PIL frame durations. Reads metadata only."""
+    if not (isinstance(src, str) and os.path.isfile(src)):
+        return float(fps)
+    try:
+        import av
+        with av.open(src, "r") as container:
+            stream = next(s for s in container.streams if s.type == "video")
+            total = stream.frames
+            duration = float(stream.duration * stream.time_base) if stream.duration else None
+    except (ImportError, StopIteration, OSError, ValueError):
+        if not src.lower().endswith((".gif", ".webp", ".apng", ".png")):
+            return float(fps)
+        durations = [frame.info.get("duration", 0) or 0 for frame in ImageSequence.Iterator(load_image(src))]
+        total, duration = len(durations), (sum(durations) / 1000.0 if all(durations) else None)
+    if not duration:
+        return float(fps)
+    kept = int(maxlen) if not total else len(sample_indices(total, duration, fps, maxlen))
+    return kept / duration
 
 
 def regularize_video(src, fps, maxlen, max_pixels, min_pixels):
