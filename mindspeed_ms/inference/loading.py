@@ -83,4 +83,7 @@ def load_for_inference(load, mm_model=None, tokenizer=None, iteration=None, mm_d
         model.load_mm_state_dict(sd)
     except ValueError as e:
         raise LoadError(f"--load {load} does not fit --mm-model {mm_model}: {e}") from None
+    from mindspeed_ms.models.qwen2vl.hf_api import read_generation_config
+
+    model.generation_config = read_generation_config(tok_dir)  # the HF dir's decoding defaults, if any
     return LoadedModel(model, tok_dir, "mm", str(reader.tag))
