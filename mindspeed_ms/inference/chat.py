@@ -12,7 +12,8 @@ import argparse
 import sys
 
 
-def add_model_args(p):
+def add_load_args(p):
+    """Where the model, its tokenizer and its image limits come from (chat, evaluate and serve)."""
     p.add_argument("--load", required=True, help="HF model dir or MindSpeed-MM checkpoint dir")
     p.add_argument("--mm-model", help="model.json (needed for a MindSpeed-MM checkpoint)")
     p.add_argument("--mm-data", help="data.json: tokenizer dir (model_name_or_path) and image pixel limits")
@@ -21,6 +22,10 @@ def add_model_args(p):
     p.add_argument("--image-max-pixels", type=int, help="override data.json's image_max_pixels")
     p.add_argument("--image-min-pixels", type=int, help="override data.json's image_min_pixels")
     p.add_argument("--system", help="system prompt (default: the template's)")
+
+
+def add_model_args(p):
+    add_load_args(p)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -30,19 +35,26 @@ def add_model_args(p):
     p.add_argument("--no-cache", action="store_true", help="recompute the full sequence each step (slow; a check)")
 
 
-def build_from_args(a):
-    """(LoadedModel, PromptBuilder, SamplingConfig) from parsed model arguments."""
+def load_from_args(a):
+    """(LoadedModel, PromptBuilder) from parsed `add_load_args` arguments."""
     from mindspeed_ms.inference.loading import load_for_inference, read_data_json_preprocess
     from mindspeed_ms.inference.prompt import PromptBuilder
     from mindspeed_ms.inference.runtime import setup_inference_context
-    from mindspeed_ms.inference.sampling import SamplingConfig
 
-    sampling = SamplingConfig(a.do_sample, a.temperature, a.top_p, a.top_k, a.seed)
     setup_inference_context()
     pp = read_data_json_preprocess(a.mm_data) if a.mm_data else {}
     loaded = load_for_inference(a.load, a.mm_model, a.tokenizer, a.iteration, a.mm_data)
     builder = PromptBuilder(loaded.tokenizer_dir, a.image_max_pixels or pp.get("image_max_pixels"),
-                            a.image_min_pixels or pp.get("image_min_pixels"), a.system)
+                            a.image_min_pixels or pp.get("image_min_pixels"), a.system, video=pp)
+    return loaded, builder
+
+
+def build_from_args(a):
+    """(LoadedModel, PromptBuilder, SamplingConfig) from parsed model arguments."""
+    from mindspeed_ms.inference.sampling import SamplingConfig
+
+    sampling = SamplingConfig(a.do_sample, a.temperature, a.top_p, a.top_k, a.seed)
+    loaded, builder = load_from_args(a)
     return loaded, builder, sampling
 
 
