@@ -3,12 +3,15 @@
 #
 #   source auto_convert.sh mm [--with-tests] [--convert-script IN.sh [-o OUT.sh | --in-place]]
 #
-# What it does (the same command MindSpeed-Core-MS users type; see docs/auto_convert.md):
-#   1. a Python 3.11 virtual environment with this package (editable) and its pinned
-#      requirements, shared by every clone on the machine (mindspore is ~800 MB: install once):
-#      ${MINDSPEED_MS_VENV:-$HOME/.cache/mindspeed-ms/venv}; reused while the stamp (hash of
-#      requirements.txt + setup.py; requirements-test.txt for the test extras) matches, so a second `source` is a fast no-op;
-#   2. activates it (`mm-convert` on PATH);
+# What it does (the same command MindSpeed-Core-MS users type; see docs/auto_convert.md and
+# docs/packaging.md):
+#   1. a Python 3.11 virtual environment with the pinned dependencies only (requirements.txt, the
+#      demo's vocabulary file, the server's libraries), shared by every clone on the machine
+#      (mindspore is ~800 MB: install once): ${MINDSPEED_MS_VENV:-$HOME/.cache/mindspeed-ms/venv};
+#      reused while the stamp (hash of the requirements files) matches, so a second `source` is a
+#      fast no-op. This package is NOT installed into it: each clone runs its own code;
+#   2. activates it and puts this clone first: PYTHONPATH=<clone>, PATH=<clone>/bin (mm-convert,
+#      mm-plan, mm-chat, mm-evaluate, ...), replacing another clone's entries in this shell;
 #   3. detects the backend (Ascend CANN -> sources its set_env.sh; otherwise CPU fp32);
 #   4. creates ckpt/ data/ logs/ in the repository root;
 #   5. with --convert-script, rewrites a MindSpeed-MM torchrun script for msrun.
@@ -78,8 +81,8 @@ _msms_install_tests() {
 _msms_prepare_venv() {
     local repo="$1" venv="$2" with_tests="$3"
     local py want_base want_test have_base="" have_test="" t0=$SECONDS
-    want_base=$(_msms_hash "$repo/requirements.txt" "$repo/setup.py") \
-        || { _msms_fail "hash requirements" "cannot read requirements.txt/setup.py in $repo"; return 1; }
+    want_base=$(_msms_hash "$repo/requirements.txt" "$repo/requirements-demo.txt" "$repo/requirements-serve.txt") \
+        || { _msms_fail "hash requirements" "cannot read requirements*.txt in $repo"; return 1; }
     want_test=$(_msms_hash "$repo/requirements-test.txt") \
         || { _msms_fail "hash requirements" "cannot read requirements-test.txt in $repo"; return 1; }
     [ -f "$venv/.mindspeed-ms-stamp" ] && have_base=$(cat "$venv/.mindspeed-ms-stamp")
@@ -87,14 +90,6 @@ _msms_prepare_venv() {
 
     if [ "$have_base" = "$want_base" ] && [ -x "$venv/bin/python" ]; then
         _msms_step "reusing environment $venv (requirements unchanged)"
-        if [ "$(cat "$venv/.mindspeed-ms-repo" 2>/dev/null)" != "$repo" ]; then
-            _msms_step "linking the environment to this clone: $repo"
-            # Without build isolation when the venv has setuptools: no index access, about a second.
-            "$venv/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e "$repo" 2>/dev/null \
-                || "$venv/bin/python" -m pip install --quiet --no-deps -e "$repo" \
-                || { _msms_fail "editable install" "pip install -e $repo --no-deps failed"; return 1; }
-            echo "$repo" > "$venv/.mindspeed-ms-repo"
-        fi
     else
         py=$(_msms_find_python) || {
             _msms_fail "find Python 3.11" "mindspeed-ms needs Python 3.11 (mindspore 2.10 wheels). Install it (e.g. 'pyenv install 3.11' or your distribution's python3.11) or set MINDSPEED_MS_PYTHON=/path/to/python3.11"
@@ -112,10 +107,26 @@ _msms_prepare_venv() {
         _msms_step "installing requirements.txt (mindspore is ~800 MB on first install; this takes a few minutes)"
         "$venv/bin/python" -m pip install -r "$repo/requirements.txt" \
             || { _msms_fail "install requirements.txt" "pip failed (see above); fix the network/index and source again"; return 1; }
-        _msms_step "installing mindspeed-ms (editable) from $repo"
-        "$venv/bin/python" -m pip install --no-deps -e "$repo" \
-            || { _msms_fail "editable install" "pip install -e $repo --no-deps failed"; return 1; }
-        echo "$repo" > "$venv/.mindspeed-ms-repo"
+        # The demo reads only the Qwen vocabulary file of the dashscope wheel
+        # (tools/build_tokenizer.py): that file is unpacked; the package and its 35 dependencies
+        # are not installed.
+        _msms_step "unpacking the Qwen vocabulary file from the wheel named in requirements-demo.txt"
+        local wheels
+        wheels=$(mktemp -d) && "$venv/bin/python" -m pip download --quiet --no-deps --only-binary=:all: \
+                -d "$wheels" -r "$repo/requirements-demo.txt" \
+            && "$venv/bin/python" -m zipfile -e "$(ls "$wheels"/*.whl | head -n1)" "$wheels/unpacked" \
+            && mkdir -p "$venv/share/mindspeed-ms" \
+            && cp "$wheels/unpacked/dashscope/resources/qwen.tiktoken" "$venv/share/mindspeed-ms/qwen.tiktoken" \
+            || { rm -rf "$wheels"; _msms_fail "Qwen vocabulary file" "could not download or unpack the wheel of requirements-demo.txt"; return 1; }
+        rm -rf "$wheels"
+        "$venv/bin/python" -m pip install -r "$repo/requirements-serve.txt" \
+            || { _msms_fail "install requirements-serve.txt" "pip failed (see above)"; return 1; }
+        # Environments of earlier versions held an editable install linked to one clone, which
+        # made every clone run that clone's code; the code now comes from each clone's own path.
+        if [ -f "$venv/.mindspeed-ms-repo" ]; then
+            "$venv/bin/python" -m pip uninstall --quiet --yes mindspeed-ms >/dev/null 2>&1
+            rm -f "$venv/.mindspeed-ms-repo"
+        fi
         # Written last: an interrupted install is redone next time.
         echo "$want_base" > "$venv/.mindspeed-ms-stamp"
         _msms_step "environment ready in $((SECONDS - t0)) s"
@@ -167,8 +178,19 @@ _msms_setup() {
 
     # shellcheck disable=SC1091
     source "$venv/bin/activate" || { _msms_fail "activate" "cannot source $venv/bin/activate"; return 1; }
-    export MINDSPEED_MS_HOME="$repo"
-    command -v mm-convert >/dev/null 2>&1 || { _msms_fail "check mm-convert" "mm-convert is not on PATH after activation; delete $venv and source again"; return 1; }
+    # This clone first, and no other clone's entries left from an earlier source in this shell.
+    local old="${MINDSPEED_MS_HOME:-}" p kept
+    if [ -n "$old" ] && [ "$old" != "$repo" ]; then
+        kept=""; local IFS=:
+        for p in ${PYTHONPATH:-}; do [ "$p" = "$old" ] || kept="${kept:+$kept:}$p"; done
+        PYTHONPATH="$kept"; kept=""
+        for p in $PATH; do [ "$p" = "$old/bin" ] || kept="${kept:+$kept:}$p"; done
+        PATH="$kept"; unset IFS
+    fi
+    case ":${PYTHONPATH:-}:" in *":$repo:"*) ;; *) PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" ;; esac
+    case ":$PATH:" in *":$repo/bin:"*) ;; *) PATH="$repo/bin:$PATH" ;; esac
+    export PYTHONPATH PATH MINDSPEED_MS_HOME="$repo"
+    [ "$(command -v mm-convert)" = "$repo/bin/mm-convert" ] || { _msms_fail "check mm-convert" "$repo/bin/mm-convert is not the first mm-convert on PATH"; return 1; }
 
     local cann=""
     if [ -f /usr/local/Ascend/cann/set_env.sh ]; then

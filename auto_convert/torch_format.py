@@ -26,6 +26,7 @@ import io
 import os
 import pickle
 import struct
+import sys
 import zipfile
 import zlib
 
@@ -489,3 +490,39 @@ def _write_zip(path, prefix, pkl, storages):
             record(f"data/{key}", raw.size, (raw[i:i + step] for i in range(0, raw.size, step)))
         record("version", 2, [b"3\n"])
         record(".data/version", 2, [b"3\n"])
+
+
+def _describe(obj, prefix=""):
+    """(name, dtype, shape) of every array in a loaded object, depth first."""
+    if isinstance(obj, np.ndarray):
+        yield prefix or "<tensor>", str(obj.dtype), tuple(obj.shape)
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _describe(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _describe(v, f"{prefix}.{i}" if prefix else str(i))
+
+
+def _main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m auto_convert.torch_format",
+        description="List the tensors of a torch.save file (a MindSpeed-MM model_optim_rng.pt, for instance) "
+                    "without torch; the file is read with the safe unpickler, so nothing in it is executed.")
+    p.add_argument("files", nargs="+", metavar="FILE.pt", help="torch.save files to list")
+    a = p.parse_args(argv)
+    for path in a.files:
+        try:
+            obj = load(path)
+        except (TorchFormatError, UnsafePickleError, OSError) as e:
+            print(f"error: {path}: {e}", file=sys.stderr)
+            return 2
+        rows = list(_describe(obj))
+        print(f"{path}: {len(rows)} tensors, {sum(int(np.prod(s)) for _, _, s in rows):,} elements")
+        for name, dtype, shape in rows:
+            print(f"  {name}  {dtype}  {list(shape)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -22,6 +22,7 @@ from mindspeed_ms.peft.lora_merge import LoRAMergeError, merge_lora_checkpoint, 
 from mindspeed_ms.peft.lora_model import target_matches
 from mindspeed_ms.tools.make_tiny_checkpoint import random_mm_state_dict
 from mindspeed_ms.training.checkpointing import save_checkpoint
+from helpers.numerics import assert_close_scaled
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
@@ -76,7 +77,7 @@ def test_per_rank_merge_equals_split_of_full_merge(small, tp):
             got = merge_lora_state_dict(b, a, scaling)
             assert set(got) == set(want)
             for k in want:
-                np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-6, err_msg=k)
+                assert_close_scaled(got[k], want[k], 1e-6, k)
 
 
 def test_merge_checkpoint_release_in_base_layout_and_mm_to_hf(small, tmp_path):
@@ -94,7 +95,7 @@ def test_merge_checkpoint_release_in_base_layout_and_mm_to_hf(small, tmp_path):
     want = merge_lora_state_dict(base, lora, 4.0)
     assert set(merged) == set(want)
     for k in want:
-        np.testing.assert_allclose(merged[k], want[k], rtol=1e-6, atol=1e-6, err_msg=k)
+        assert_close_scaled(merged[k], want[k], 1e-6, k)
     changed = [k for k in want if not np.array_equal(want[k], base[k])]
     assert len(changed) == len(lora) // 2
     # mm_to_hf takes it like any converted checkpoint
@@ -104,7 +105,7 @@ def test_merge_checkpoint_release_in_base_layout_and_mm_to_hf(small, tmp_path):
     want_hf = mm_to_hf_state_dict(want, hf_config)
     assert set(got_hf) == set(want_hf)
     for k in want_hf:
-        np.testing.assert_allclose(got_hf[k], want_hf[k], rtol=1e-6, atol=1e-6, err_msg=k)
+        assert_close_scaled(got_hf[k], want_hf[k], 1e-6, k)
 
 
 def test_merge_lora_script(small, tmp_path):
@@ -122,7 +123,7 @@ def test_merge_lora_script(small, tmp_path):
     merged, _ = read_mm_checkpoint(tmp_path / "out")
     want = merge_lora_state_dict(base, lora, 2.0)
     for k in want:
-        np.testing.assert_allclose(merged[k], want[k], rtol=1e-6, atol=1e-6, err_msg=k)
+        assert_close_scaled(merged[k], want[k], 1e-6, k)
 
 
 def test_lora_checkpoint_is_20x_smaller_than_full(tmp_path):

@@ -207,3 +207,20 @@ def test_mindspore_bf16_arrays_are_written_as_bf16(tmp_path):
     got = read_safetensors(str(tmp_path / "a.safetensors"))["w"]
     assert got.dtype == np.dtype(ml_dtypes.bfloat16)
     np.testing.assert_array_equal(got.astype(np.float32), values.astype(ml_dtypes.bfloat16).astype(np.float32))
+
+
+def test_command_lists_tensors_and_names_bad_files(tmp_path):
+    import subprocess
+    import sys
+    tf.save({"model": {"w": np.ones((2, 3), np.float32)}, "iteration": 3}, str(tmp_path / "a.pt"))
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, "-m", "auto_convert.torch_format", str(tmp_path / "a.pt")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and "1 tensors, 6 elements" in r.stdout and "model.w  float32  [2, 3]" in r.stdout
+    (tmp_path / "bad.pt").write_bytes(b"not a zip")
+    r = subprocess.run([sys.executable, "-m", "auto_convert.torch_format", str(tmp_path / "bad.pt")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "bad.pt" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "auto_convert.torch_format", "--help"], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 0 and "FILE.pt" in r.stdout

@@ -72,14 +72,20 @@ PROCESSOR_FILES = ("preprocessor_config.json", "chat_template.json")
 
 
 def default_rank_file():
-    """Path of `qwen.tiktoken` inside the installed `dashscope` package (found without importing it)."""
+    """The Qwen BPE ranks file `qwen.tiktoken`: the copy auto_convert.sh unpacks into the environment
+    (<venv>/share/mindspeed-ms/), else the one inside an installed `dashscope` package (the `demo`
+    extra; found without importing it)."""
     import importlib.util
 
+    unpacked = os.path.join(sys.prefix, "share", "mindspeed-ms", "qwen.tiktoken")
+    if os.path.isfile(unpacked):
+        return unpacked
     spec = importlib.util.find_spec("dashscope")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            "the Qwen vocabulary comes from the 'dashscope' package (dashscope/resources/qwen.tiktoken); "
-            "install it (pip install dashscope) or pass --rank-file")
+            "the Qwen vocabulary file qwen.tiktoken was not found: source auto_convert.sh mm (it unpacks it "
+            f"into {os.path.dirname(unpacked)}), install the demo extra (pip install 'mindspeed-ms[demo]'), "
+            "or pass --rank-file")
     path = os.path.join(list(spec.submodule_search_locations)[0], "resources", "qwen.tiktoken")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: reinstall dashscope or pass --rank-file")
@@ -276,7 +282,7 @@ def build_tokenizer(out_dir, rank_file=None, with_processor=True):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m mindspeed_ms.tools.build_tokenizer", description=__doc__.split("\n\n")[0])
     p.add_argument("out_dir", help="directory to write the tokenizer files into (created if missing)")
-    p.add_argument("--rank-file", default=None, help="tiktoken rank file (default: dashscope/resources/qwen.tiktoken)")
+    p.add_argument("--rank-file", default=None, help="tiktoken rank file (default: <venv>/share/mindspeed-ms/qwen.tiktoken, else dashscope/resources/qwen.tiktoken)")
     p.add_argument("--no-processor", action="store_true", help="do not write preprocessor_config.json / chat_template.json")
     args = p.parse_args(argv)
     try:

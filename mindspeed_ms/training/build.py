@@ -30,8 +30,9 @@ def init_runtime(args, backend: str, world: int, logger, data_parallel: bool = T
         from mindspore.communication import init
         init()
     if world > 1 and data_parallel:
-        ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=False,
-                                     device_num=world)
+        # No parallel context: the step graphs reduce gradients and statistics with their own
+        # AllReduce (train_step.ApplyGradients), which runs in MindSpore's default stand-alone mode
+        # once communication is initialised; set_auto_parallel_context is deprecated in 2.10.
         logger.print(f" > data parallel over {world} msrun workers (gradients summed by AllReduce; the loss "
                      f"weights carry the 1/N)")
     seed_everything(args.seed)
