@@ -2,7 +2,8 @@
 `openai` client: a picture (data URL and local path), plain and streaming; the streamed text equals
 the plain text and equals `model.generate`'s; stop strings; a full queue gets 503; malformed JSON,
 an unreadable image, a missing file, an unknown key and an unknown model get 400/404 with a
-message, and the server stays up after each."""
+message, and the server stays up after each; greedy requests that wait together run as one batch
+and get the answers they get alone."""
 import base64
 import io
 import os
@@ -45,7 +46,7 @@ def server(tmp_path_factory):
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     log = open(root / "server.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "mindspeed_ms.inference.serve", "--load", hf, "--host", "127.0.0.1",
-                             "--port", str(port), "--served-model-name", MODEL, "--max-queue", "1"],
+                             "--port", str(port), "--served-model-name", MODEL, "--max-queue", "2"],
                             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -97,7 +98,7 @@ def _stream_text(server, **kw):
 def test_models_and_health(server):
     assert [m.id for m in server["client"].models.list().data] == [MODEL]
     h = httpx.get(server["base"] + "/health", timeout=10).json()
-    assert h["model"] == MODEL and h["max_queue"] == 1
+    assert h["model"] == MODEL and h["max_queue"] == 2 and h["max_batch_size"] == 4
 
 
 @pytest.mark.slow  # loads the model a second time in the test process: ~30 s on the shared machine
@@ -175,14 +176,29 @@ def test_bad_requests_get_400_404_and_the_server_stays_up(server):
     assert ok.choices[0].message.content is not None
 
 
-def test_full_queue_gets_503_then_recovers(server):
-    c, base = server["client"], server["base"]
+def _hold_worker(server):
+    """A long streamed request that the worker has started (its role chunk came back)."""
     long = dict(model=MODEL, messages=_ask(server["path"]), max_tokens=2000, temperature=0,
                 extra_body={"min_tokens": 2000})
-    running = c.chat.completions.create(stream=True, **long)
-    it = iter(running)
-    next(it)  # the role chunk: the worker has taken this request
-    queued = c.chat.completions.create(stream=True, **long)  # waits in the queue (size 1)
+    running = server["client"].chat.completions.create(stream=True, **long)
+    next(iter(running))
+    return running, long
+
+
+def _wait_idle(server):
+    deadline = time.time() + 60
+    while True:
+        h = httpx.get(server["base"] + "/health", timeout=10).json()
+        if not h["busy"] and h["queued"] == 0:
+            return h
+        assert time.time() < deadline, f"the server stayed busy after its clients left: {h}"
+        time.sleep(0.3)
+
+
+def test_full_queue_gets_503_then_recovers(server):
+    c, base = server["client"], server["base"]
+    running, long = _hold_worker(server)
+    queued = [c.chat.completions.create(stream=True, **long) for _ in range(2)]  # the queue holds 2
     statuses = []
     for _ in range(3):
         r = httpx.post(base + "/v1/chat/completions", json={"model": MODEL, "messages": _ask(server["path"]),
@@ -192,14 +208,39 @@ def test_full_queue_gets_503_then_recovers(server):
     assert statuses == [503, 503, 503]
     _alive(server)
     # clients that go away stop their generation: the server is free again
-    running.close()
-    queued.close()
-    deadline = time.time() + 60
-    while True:
-        h = httpx.get(base + "/health", timeout=10).json()
-        if not h["busy"] and h["queued"] == 0:
-            break
-        assert time.time() < deadline, f"the server stayed busy after its clients left: {h}"
-        time.sleep(0.3)
+    for s in [running] + queued:
+        s.close()
+    _wait_idle(server)
     ok = c.chat.completions.create(model=MODEL, messages=_ask(server["path"]), max_tokens=3, temperature=0)
     assert ok.choices[0].finish_reason in ("stop", "length")
+
+
+def test_waiting_greedy_requests_run_as_one_batch(server):
+    import threading
+
+    c = server["client"]
+    other = Image.fromarray(np.random.default_rng(5).integers(0, 255, (120, 40, 3), dtype=np.uint8))
+    asks = [dict(model=MODEL, messages=_ask(server["path"]), max_tokens=6, temperature=0),
+            dict(model=MODEL, messages=_ask(_data_url(other), "Describe it in detail."), max_tokens=9,
+                 temperature=0, stop=["zzz"])]
+    alone = [c.chat.completions.create(**a).choices[0].message.content for a in asks]
+    running, _ = _hold_worker(server)
+    before = httpx.get(server["base"] + "/health", timeout=10).json()
+    got = [None, None]
+
+    def ask(i):
+        got[i] = c.chat.completions.create(**asks[i]).choices[0].message.content
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    deadline = time.time() + 60
+    while httpx.get(server["base"] + "/health", timeout=10).json()["queued"] < 2:
+        assert time.time() < deadline, "the two requests did not reach the queue"
+        time.sleep(0.2)
+    running.close()  # the worker is freed and takes both waiting requests at once
+    for t in threads:
+        t.join(timeout=120)
+    after = _wait_idle(server)
+    assert got == alone  # a left-padded batch answers each request as it is answered alone
+    assert after["served"] - before["served"] == 3 and after["batches"] - before["batches"] == 2

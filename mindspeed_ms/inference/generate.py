@@ -52,7 +52,11 @@ class _Stopper:
         for b, t in enumerate(next_ids.tolist()):
             if not self.done[b]:
                 self.tokens[b].append(t)
-                if t in self.stop or (self.stop_check is not None and self.stop_check(b, self.tokens[b])):
+                hit = t in self.stop
+                # asked for every token (stop ids included) so a caller can follow each row's text
+                if self.stop_check is not None and self.stop_check(b, self.tokens[b]):
+                    hit = True
+                if hit:
                     self.done[b] = True
         if self.streamer is not None:
             self.streamer(next_ids, live)

@@ -8,8 +8,9 @@ what the chat command takes (an HF directory, or a MindSpeed-MM checkpoint with 
 --tokenizer / --mm-data); prompts are built as in training (the qwen2vl template, MindSpeed-MM's
 image pre-resize with --mm-data's limits).
 
-One request is generated at a time, by one worker thread (the model is not shared between
-threads); up to --max-queue further requests wait. A full queue answers 503, a bad request 400
+One batch is generated at a time, by one worker thread (the model is not shared between threads);
+up to --max-queue further requests wait. Greedy requests that waited together are generated as one
+left-padded batch (--max-batch-size); a sampled request runs alone, with its own seed. A full queue answers 503, a bad request 400
 with the reason, an unknown model 404; a client that disconnects has its generation stopped.
 """
 import argparse
@@ -42,13 +43,17 @@ class Job:
 
 
 class Engine:
-    """The worker thread and its bounded queue."""
+    """The worker thread and its bounded queue. Greedy requests that wait together (same
+    min_tokens) are generated as one left-padded batch of up to `max_batch`; a sampled request
+    runs alone (its seed is its own)."""
 
-    def __init__(self, model, builder, max_queue, use_cache=True):
+    def __init__(self, model, builder, max_queue, use_cache=True, max_batch=1):
         self.model, self.builder, self.use_cache = model, builder, use_cache
         self.jobs = queue.Queue(maxsize=max_queue)
-        self.max_queue = max_queue
+        self.max_queue, self.max_batch = max_queue, max(1, int(max_batch))
         self.busy = False
+        self.served = self.batches = 0
+        self._next = None  # a job taken from the queue that did not fit the last batch
         gen = getattr(model, "generation_config", None) or {}
         eos = gen.get("eos_token_id")
         eos = list(eos) if isinstance(eos, (list, tuple)) else ([] if eos is None else [eos])
@@ -63,48 +68,96 @@ class Engine:
             raise ApiError(503, f"the server is busy: {self.max_queue} request(s) already wait for the one being "
                                 f"generated; retry later") from None
 
+    def _settings(self, job, prompt_len):
+        from mindspeed_ms.inference.generation_config import resolve
+
+        r = job.req
+        return resolve(getattr(self.model, "generation_config", None),
+                       dict(r.sampling, max_new_tokens=r.max_tokens, min_new_tokens=r.min_tokens,
+                            eos_token_id=self.eos_ids, pad_token_id=self.builder.pad_id), prompt_len)
+
+    def _take(self):
+        """The next batch: one job, plus waiting greedy jobs with the same min_tokens."""
+        first, self._next = self._next, None
+        while first is None or first.cancelled:
+            first = self.jobs.get()
+        jobs = [first]
+        if self.max_batch > 1 and not self._settings(first, 1).do_sample:
+            while len(jobs) < self.max_batch:
+                try:
+                    j = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if j.cancelled:
+                    continue
+                if self._settings(j, 1).do_sample or j.req.min_tokens != first.req.min_tokens:
+                    self._next = j
+                    break
+                jobs.append(j)
+        return jobs
+
     def _loop(self):
         while True:
-            job = self.jobs.get()
-            if job.cancelled:
-                continue
+            jobs = self._take()
             self.busy = True
             try:
-                self._run(job)
+                self._run(jobs)
             except _Cancelled:
                 pass
             except ValueError as e:  # settings the model refuses (e.g. generation_config.json keys)
-                job.emit("error", ApiError(400, str(e)))
-            except Exception as e:  # keep serving; the client gets the reason
-                job.emit("error", ApiError(500, f"generation failed: {type(e).__name__}: {e}"))
+                for j in jobs:
+                    j.emit("error", ApiError(400, str(e)))
+            except Exception as e:  # keep serving; the clients get the reason
+                for j in jobs:
+                    j.emit("error", ApiError(500, f"generation failed: {type(e).__name__}: {e}"))
             finally:
                 self.busy = False
-                job.finished = True
+                self.batches += 1
+                self.served += len(jobs)
+                for j in jobs:
+                    j.finished = True
 
-    def _run(self, job):
-        req, tok = job.req, self.builder.tokenizer
-        batch = self.builder.batch([job.prompt])
-        stream = TextStream(tok, self.eos_ids, req.stop)
-        job.emit("start")
+    def _run(self, jobs):
+        from mindspeed_ms.inference.generate import generate
+        from mindspeed_ms.inference.generation_config import logits_processor
+        from mindspeed_ms.inference.sampling import SamplingConfig
 
-        def on_token(next_ids, live):
-            if job.cancelled:
+        tok = self.builder.tokenizer
+        batch = self.builder.batch([j.prompt for j in jobs])
+        s = int(batch["input_ids"].shape[1])
+        g = self._settings(jobs[0], s)
+        g.max_new_tokens = max(j.req.max_tokens for j in jobs)
+        seed = jobs[0].req.seed if jobs[0].req.seed is not None else secrets.randbits(31)
+        streams = [TextStream(tok, self.eos_ids, j.req.stop) for j in jobs]
+        for j in jobs:
+            j.emit("start")
+
+        def row_stops(b, tokens):
+            # each row: its text piece by piece, its own stop strings and max_tokens; a row whose
+            # client left stops too
+            job, stream = jobs[b], streams[b]
+            piece = stream.push(tokens[-1])
+            if piece:
+                job.emit("piece", piece)
+            return job.cancelled or stream.hit_stop or len(tokens) >= job.req.max_tokens
+
+        def step(next_ids, live):
+            if all(j.cancelled for j in jobs):
                 raise _Cancelled()
-            if live[0]:
-                piece = stream.push(int(next_ids[0]))
-                if piece:
-                    job.emit("piece", piece)
 
-        sampling = dict(req.sampling)
-        seed = req.seed if req.seed is not None else secrets.randbits(31)
-        self.model.generate(**batch, max_new_tokens=req.max_tokens, min_new_tokens=req.min_tokens,
-                            eos_token_id=self.eos_ids, pad_token_id=self.builder.pad_id,
-                            stop_strings=req.stop or None, tokenizer=tok if req.stop else None, seed=seed,
-                            streamer=on_token, use_cache=self.use_cache, **sampling)
-        piece, text = stream.finish()
-        ended = stream.hit_stop or (stream.tokens and stream.tokens[-1] in self.eos_ids)
-        job.emit("done", piece, text, "stop" if ended else "length", int(batch["input_ids"].shape[1]),
-                 len(stream.tokens))
+        generate(self.model, batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"),
+                 batch.get("image_grid_thw"), batch.get("pixel_values_videos"), batch.get("video_grid_thw"),
+                 max_new_tokens=g.max_new_tokens,
+                 sampling=SamplingConfig(g.do_sample, g.temperature, g.top_p, g.top_k, seed),
+                 stop_token_ids=g.eos_token_ids, pad_token_id=g.pad_token_id, use_cache=self.use_cache,
+                 process_logits=logits_processor(g, s), stop_check=row_stops, streamer=step)
+        for j, stream in zip(jobs, streams):
+            if j.cancelled:
+                continue
+            piece, text = stream.finish()
+            ended = stream.hit_stop or (stream.tokens and stream.tokens[-1] in self.eos_ids)
+            j.emit("done", piece, text, "stop" if ended else "length", int(len(j.prompt["input_ids"])),
+                   len(stream.tokens))
 
 
 def _sse(obj):
@@ -129,7 +182,8 @@ def create_app(engine, model_name, max_tokens_limit=2048, default_max_tokens=256
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": model_name, "busy": engine.busy, "queued": engine.jobs.qsize(),
-                "max_queue": engine.max_queue}
+                "max_queue": engine.max_queue, "max_batch_size": engine.max_batch, "served": engine.served,
+                "batches": engine.batches}
 
     @app.get("/v1/models")
     async def models():
@@ -224,6 +278,8 @@ def build_parser():
     p.add_argument("--served-model-name", help="the model id clients send (default: the --load directory's name)")
     p.add_argument("--max-queue", type=int, default=8, help="requests that may wait while one is generated; "
                                                             "more get HTTP 503 (default 8)")
+    p.add_argument("--max-batch-size", type=int, default=4,
+                   help="greedy requests waiting together are generated as one batch of up to this many (default 4)")
     p.add_argument("--max-tokens-limit", type=int, default=2048, help="largest max_tokens a request may ask for")
     p.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens of a request that sets none")
     p.add_argument("--max-request-mb", type=float, default=32, help="largest request body (images included), MB")
@@ -237,7 +293,7 @@ def main(argv=None):
     import os
 
     a = build_parser().parse_args(argv)
-    for flag, value, lo in (("--max-queue", a.max_queue, 0), ("--max-tokens-limit", a.max_tokens_limit, 1),
+    for flag, value, lo in (("--max-queue", a.max_queue, 0), ("--max-batch-size", a.max_batch_size, 1), ("--max-tokens-limit", a.max_tokens_limit, 1),
                             ("--default-max-tokens", a.default_max_tokens, 1), ("--port", a.port, 0)):
         if value < lo:
             print(f"serve: error: {flag} must be >= {lo}, got {value}", file=sys.stderr)
@@ -261,13 +317,13 @@ def main(argv=None):
         print(f"serve: error: {e}", file=sys.stderr)
         return 1
     name = a.served_model_name or os.path.basename(os.path.normpath(a.load))
-    engine = Engine(loaded.model, builder, a.max_queue, use_cache=not a.no_cache)
+    engine = Engine(loaded.model, builder, a.max_queue, use_cache=not a.no_cache, max_batch=a.max_batch_size)
     app = create_app(engine, name, a.max_tokens_limit, a.default_max_tokens, int(a.max_request_mb * (1 << 20)))
     if a.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"serve: notice: listening on {a.host}: anyone who reaches this address can use the model "
               f"(there is no authentication)", file=sys.stderr)
     print(f"serve: model '{name}' ({loaded.kind}, {loaded.tag}) on http://{a.host}:{a.port}/v1 "
-          f"(one request at a time, queue {a.max_queue})", flush=True)
+          f"(batches of up to {a.max_batch_size}, queue {a.max_queue})", flush=True)
     uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level)
     return 0
 
