@@ -244,3 +244,18 @@ def test_waiting_greedy_requests_run_as_one_batch(server):
     after = _wait_idle(server)
     assert got == alone  # a left-padded batch answers each request as it is answered alone
     assert after["served"] - before["served"] == 3 and after["batches"] - before["batches"] == 2
+
+
+def test_taken_port_and_bad_flags_are_one_line_errors(server):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        r = subprocess.run([sys.executable, "-m", "mindspeed_ms.inference.serve", "--load", server["hf"], "--port",
+                            str(port)], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(f"serve: error: --host 127.0.0.1 --port {port}")
+    r = subprocess.run([sys.executable, "-m", "mindspeed_ms.inference.serve", "--load", server["hf"],
+                        "--max-batch-size", "0"], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert r.returncode == 2 and "--max-batch-size must be >= 1" in r.stderr

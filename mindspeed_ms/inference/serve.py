@@ -10,8 +10,9 @@ image pre-resize with --mm-data's limits).
 
 One batch is generated at a time, by one worker thread (the model is not shared between threads);
 up to --max-queue further requests wait. Greedy requests that waited together are generated as one
-left-padded batch (--max-batch-size); a sampled request runs alone, with its own seed. A full queue answers 503, a bad request 400
-with the reason, an unknown model 404; a client that disconnects has its generation stopped.
+left-padded batch (--max-batch-size); a sampled request runs alone, with its own seed. A full queue
+answers 503, a bad request 400 with the reason, an unknown model 404; a client that disconnects has
+its generation stopped.
 """
 import argparse
 import asyncio
@@ -293,7 +294,8 @@ def main(argv=None):
     import os
 
     a = build_parser().parse_args(argv)
-    for flag, value, lo in (("--max-queue", a.max_queue, 0), ("--max-batch-size", a.max_batch_size, 1), ("--max-tokens-limit", a.max_tokens_limit, 1),
+    for flag, value, lo in (("--max-queue", a.max_queue, 0), ("--max-batch-size", a.max_batch_size, 1),
+                            ("--max-tokens-limit", a.max_tokens_limit, 1),
                             ("--default-max-tokens", a.default_max_tokens, 1), ("--port", a.port, 0)):
         if value < lo:
             print(f"serve: error: {flag} must be >= {lo}, got {value}", file=sys.stderr)
@@ -311,6 +313,15 @@ def main(argv=None):
         return 1
     from mindspeed_ms.inference.chat import load_from_args
 
+    import socket
+    try:  # before the model loads: a taken port is the user's to fix, not a late traceback
+        with socket.socket(socket.AF_INET6 if ":" in a.host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((a.host, a.port))
+    except OSError as e:
+        print(f"serve: error: --host {a.host} --port {a.port}: cannot listen there ({e.strerror or e}); choose another "
+              f"--port or stop the program using it", file=sys.stderr)
+        return 1
     try:
         loaded, builder = load_from_args(a)
     except (ValueError, OSError) as e:
