@@ -26,7 +26,7 @@ from mindspeed_ms.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 logger = logging.getLogger(__name__)
 
 # Bump when preprocessing output changes, so old caches are not reused.
-PREPROCESS_VERSION = "1"
+PREPROCESS_VERSION = "2"
 _EMPTY_ROW = {"input_ids": [], "labels": [], "rejected_input_ids": [], "rejected_labels": [], "images": [],
               "videos": [], "image_tokens": [], "video_tokens": [], "skip": "", "error": "", "source": "", "index": 0}
 
@@ -43,13 +43,59 @@ def _file_digest(path):
     return h.hexdigest()[:16]
 
 
+# transformers' Qwen2VLVideoProcessor.size: its pixel limits when its config file sets none
+VIDEO_PROCESSOR_PIXELS = (128 * 28 * 28, 28 * 28 * 768)
+VIDEO_CONFIG_FILES = ("video_preprocessor_config.json", "preprocessor_config.json")
+
+
+def _video_pixel_limits(path):
+    """(min, max) pixels of the video processor that MindSpeed-MM's `AutoProcessor` builds for `path`
+    (transformers 4.57): the first of VIDEO_CONFIG_FILES present; its `min_pixels` / `max_pixels`,
+    else its `size`, else the video processor's own defaults (not the image processor's)."""
+    for name in VIDEO_CONFIG_FILES:
+        f = os.path.join(path, name)
+        if os.path.isfile(f):
+            with open(f, encoding="utf-8") as fh:
+                cfg = json.load(fh)
+            size = cfg.get("size") or {}
+            return (cfg.get("min_pixels", size.get("shortest_edge", VIDEO_PROCESSOR_PIXELS[0])),
+                    cfg.get("max_pixels", size.get("longest_edge", VIDEO_PROCESSOR_PIXELS[1])))
+    return None
+
+
+def checkpoint_processor(pp):
+    """The image/video processor MindSpeed-MM trains with: the one of the checkpoint named by
+    `preprocess_parameters.model_name_or_path` (its `preprocessor_config.json`: min/max_pixels, patch
+    and merge sizes, mean/std), read by `Qwen2VLImageProcessor.from_pretrained` as inference does,
+    with the video pixel limits of transformers' video processor for that directory
+    (`_video_pixel_limits`); HF's defaults when the directory has no such file."""
+    path = pp.model_name_or_path
+    if not (path and os.path.isdir(path)):
+        return Qwen2VLImageProcessor()
+    try:
+        video = _video_pixel_limits(path)
+        extra = dict(video_min_pixels=video[0], video_max_pixels=video[1]) if video else {}
+        return Qwen2VLImageProcessor.from_pretrained(path, **extra)
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise DataError(f"{path} (preprocess_parameters.model_name_or_path): cannot build the image/video processor "
+                        f"from its {' / '.join(VIDEO_CONFIG_FILES)}: {e}; fix or remove the file") from None
+
+
+def _processor_key(processor):
+    """What of the processor changes token counts or pixels (part of the cache fingerprint)."""
+    return {k: getattr(processor, k) for k in ("min_pixels", "max_pixels", "video_min_pixels", "video_max_pixels",
+                                                "patch_size", "merge_size",
+                                                "temporal_patch_size", "do_resize", "image_mean", "image_std",
+                                                "rescale_factor", "do_rescale", "do_normalize")}
+
+
 class _Preprocessor:
     """The per-record function given to `datasets.map` (picklable for worker processes)."""
 
-    def __init__(self, cfg, tokenizer, seq_length, source):
+    def __init__(self, cfg, tokenizer, seq_length, source, processor=None):
         self.pp, self.basic, self.attr = cfg.preprocess_parameters, cfg.basic_parameters, cfg.attr
         self.template = get_template(self.basic.template, tokenizer)
-        self.processor = Qwen2VLImageProcessor()
+        self.processor = processor or checkpoint_processor(self.pp)
         self.seq_length, self.source = seq_length, source
         m = self.processor.merge_size
         self.factor, self.merge2 = self.processor.patch_size * m, m * m
@@ -62,8 +108,8 @@ class _Preprocessor:
     def video_tokens(self, path):
         frames = regularize_video(path, self.pp.video_fps, self.pp.video_maxlen, self.pp.video_max_pixels,
                                   self.pp.video_min_pixels)
-        h, w = smart_resize(frames[0].height, frames[0].width, self.factor, self.processor.min_pixels,
-                            self.processor.max_pixels)
+        h, w = smart_resize(frames[0].height, frames[0].width, self.factor, self.processor.video_min_pixels,
+                            self.processor.video_max_pixels)
         t = len(frames) // self.processor.temporal_patch_size
         return t * (h // self.processor.patch_size) * (w // self.processor.patch_size) // self.merge2
 
@@ -130,12 +176,12 @@ class SkipReport:
             logger.warning("%s: skipped %d sample(s): %s", what, self.total, detail)
 
 
-def _preprocess_file(path, cfg, tokenizer, seq_length, max_samples, fingerprint_base, report):
+def _preprocess_file(path, cfg, tokenizer, seq_length, max_samples, fingerprint_base, report, processor):
     b = cfg.basic_parameters
     ds = _load_json(path, b.cache_dir, streaming=False)
     if max_samples:
         ds = ds.select(range(min(len(ds), max_samples)))
-    fn = _Preprocessor(cfg, tokenizer, seq_length, path)
+    fn = _Preprocessor(cfg, tokenizer, seq_length, path, processor)
     fp = hashlib.sha256(f"{fingerprint_base}|{_file_digest(path)}|{max_samples}".encode()).hexdigest()[:16]
     kwargs = dict(with_indices=True, remove_columns=ds.column_names, new_fingerprint=fp,
                   desc=f"preprocessing {os.path.basename(path)}")
@@ -156,12 +202,12 @@ def _preprocess_file(path, cfg, tokenizer, seq_length, max_samples, fingerprint_
     return ds.filter(lambda s: not s, input_columns="skip", keep_in_memory=not b.cache_dir)
 
 
-def _fingerprint_base(cfg, tokenizer, seq_length):
+def _fingerprint_base(cfg, tokenizer, seq_length, processor):
     params = {"pp": vars(cfg.preprocess_parameters), "basic": {k: v for k, v in vars(cfg.basic_parameters).items()
                                                                 if k not in ("cache_dir", "preprocessing_num_workers",
                                                                              "overwrite_cache")},
               "attr": vars(cfg.attr), "seq": seq_length, "v": PREPROCESS_VERSION,
-              "tok": tokenizer_fingerprint(tokenizer)}
+              "tok": tokenizer_fingerprint(tokenizer), "processor": _processor_key(processor)}
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -171,7 +217,7 @@ class MultimodalDataset:
     def __init__(self, rows, cfg, processor=None):
         self.rows, self.cfg = rows, cfg
         self.ranking = cfg.attr.ranking
-        self.processor = processor or Qwen2VLImageProcessor()
+        self.processor = processor or checkpoint_processor(cfg.preprocess_parameters)
         self.skipped = 0
 
     def __len__(self):
@@ -230,12 +276,12 @@ class StreamingMultimodalDataset:
 
     def __init__(self, paths, cfg, tokenizer, seq_length, processor=None):
         self.paths, self.cfg, self.tokenizer, self.seq_length = paths, cfg, tokenizer, seq_length
-        self.processor = processor or Qwen2VLImageProcessor()
+        self.processor = processor or checkpoint_processor(cfg.preprocess_parameters)
         self.report = SkipReport()
 
     def rows(self):
         for path in self.paths:
-            fn = _Preprocessor(self.cfg, self.tokenizer, self.seq_length, path)
+            fn = _Preprocessor(self.cfg, self.tokenizer, self.seq_length, path, self.processor)
             stream = _load_json(path, self.cfg.basic_parameters.cache_dir, streaming=True)
             try:
                 for index, example in enumerate(stream):
@@ -259,12 +305,12 @@ class StreamingMultimodalDataset:
         self.report.log("streaming")
 
 
-def _build_split(paths, cfg, tokenizer, seq_length, max_samples, what):
+def _build_split(paths, cfg, tokenizer, seq_length, max_samples, what, processor):
     import datasets
 
     report = SkipReport()
-    base = _fingerprint_base(cfg, tokenizer, seq_length)
-    parts = [_preprocess_file(p, cfg, tokenizer, seq_length, max_samples, base, report) for p in paths]
+    base = _fingerprint_base(cfg, tokenizer, seq_length, processor)
+    parts = [_preprocess_file(p, cfg, tokenizer, seq_length, max_samples, base, report, processor) for p in paths]
     report.log(f"preprocessing {what}")
     rows = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     return rows, report
@@ -274,18 +320,21 @@ def build_datasets(cfg, seq_length, seed=1234, tokenizer=None, processor=None):
     """(train, val) datasets for a validated `DataConfig`; val is None without val_dataset/val_rate.
 
     Map-style `MultimodalDataset`s, or `StreamingMultimodalDataset`s when `streaming: true`.
-    The tokenizer defaults to `preprocess_parameters.model_name_or_path`."""
+    The tokenizer and the image/video processor default to those of
+    `preprocess_parameters.model_name_or_path` (`checkpoint_processor`)."""
     pp, b = cfg.preprocess_parameters, cfg.basic_parameters
     if tokenizer is None:
         tokenizer = load_tokenizer(pp.model_name_or_path, pp.use_fast_tokenizer, pp.split_special_tokens)
+    processor = processor or checkpoint_processor(pp)
     if b.streaming:
         train = StreamingMultimodalDataset(cfg.datasets, cfg, tokenizer, seq_length, processor)
         val = StreamingMultimodalDataset(cfg.val_datasets, cfg, tokenizer, seq_length, processor) if cfg.val_datasets else None
         return train, val
-    rows, report = _build_split(cfg.datasets, cfg, tokenizer, seq_length, b.max_samples, "train")
+    rows, report = _build_split(cfg.datasets, cfg, tokenizer, seq_length, b.max_samples, "train", processor)
     val_rows = None
     if cfg.val_datasets:
-        val_rows, _ = _build_split(cfg.val_datasets, cfg, tokenizer, seq_length, b.val_max_samples, "validation")
+        val_rows, _ = _build_split(cfg.val_datasets, cfg, tokenizer, seq_length, b.val_max_samples, "validation",
+                                   processor)
     elif b.val_rate:
         size = int(b.val_rate) if b.val_rate >= 1 else b.val_rate
         if len(rows) < 2:

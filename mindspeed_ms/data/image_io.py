@@ -4,12 +4,15 @@ The rules follow MindSpeed-MM's qwen2vl data plugin (itself from LLaMA-Factory),
 HF-style processor:
 - if w*h > max_pixels (or < min_pixels), scale both sides by sqrt(target / (w*h)), truncating with
   int(), NEAREST resampling; convert to RGB;
-- force the short side to at least 28 (NEAREST);
-- clamp an aspect ratio above 200 to 180:1 (NEAREST);
-- videos: frames sampled by `video_fps` / `video_maxlen`, each frame pre-resized with the video
-  pixel limits, an odd frame count padded by repeating the last frame.
+- force the short side to at least 28 and clamp an aspect ratio above 200 to 180:1. MindSpeed-MM
+  calls `Image.resize(size)` here without a filter, i.e. PIL's default, which for the RGB image it
+  has at this point is BICUBIC (NEAREST only for modes "1" and "P"); we call it the same way.
+- videos: frames sampled by `video_fps` / `video_maxlen` (a container without a frame count: its
+  first `video_maxlen` frames), each frame pre-resized with the video pixel limits, an odd frame
+  count padded by repeating the last frame.
 """
 import io
+import itertools
 import math
 import os
 
@@ -78,12 +81,14 @@ def pre_resize(img, max_pixels, min_pixels):
         f = math.sqrt(min_pixels / (w * h))
         img = img.resize((int(w * f), int(h * f)), resample=Image.NEAREST)
     img = to_rgb(img)
+    # MindSpeed-MM's Qwen2-VL rules below pass no filter (PIL's default: BICUBIC): neither do we,
+    # so the pixels follow PIL's default wherever MindSpeed-MM's do.
     if min(img.width, img.height) < 28:
-        img = img.resize((max(img.width, 28), max(img.height, 28)), resample=Image.NEAREST)
+        img = img.resize((max(img.width, 28), max(img.height, 28)))
     if img.width / img.height > 200:
-        img = img.resize((img.height * 180, img.height), resample=Image.NEAREST)
+        img = img.resize((img.height * 180, img.height))
     if img.height / img.width > 200:
-        img = img.resize((img.width, img.width * 180), resample=Image.NEAREST)
+        img = img.resize((img.width, img.width * 180))
     return img
 
 
@@ -119,9 +124,8 @@ def _frames_from_av(path, fps, maxlen):
             stream = next(s for s in container.streams if s.type == "video")
             total = stream.frames
             duration = float(stream.duration * stream.time_base) if stream.duration else None
-            if not total:  # container without a frame count: decode once to count
-                decoded = [f.to_image() for f in container.decode(stream)]
-                return [decoded[i] for i in sample_indices(len(decoded), duration, fps, maxlen)]
+            if not total:  # no frame count in the container: MindSpeed-MM keeps the first `maxlen` frames
+                return [f.to_image() for f in itertools.islice(container.decode(stream), int(maxlen))]
             keep = set(sample_indices(total, duration, fps, maxlen).tolist())
             container.seek(0)
             frames = [f.to_image() for i, f in enumerate(container.decode(stream)) if i in keep]
@@ -149,7 +153,13 @@ def load_video_frames(src, fps=2.0, maxlen=128):
         keep = sample_indices(len(names), None, fps, maxlen)
         return [load_image(os.path.join(src, names[i])) for i in keep]
     if src.lower().endswith((".gif", ".webp", ".apng", ".png")):
-        return _frames_from_pil_sequence(src, fps, maxlen)
+        # MindSpeed-MM decodes every video with PyAV (the same pixels as PIL's reader for GIF/APNG, tested) and so
+        # samples by PyAV's frame count and duration (an APNG has no frame count: first `maxlen`);
+        # PIL's reader covers what PyAV cannot open (animated WebP) or a missing PyAV.
+        try:
+            return _frames_from_av(src, fps, maxlen)
+        except MediaError:
+            return _frames_from_pil_sequence(src, fps, maxlen)
     return _frames_from_av(src, fps, maxlen)
 
 

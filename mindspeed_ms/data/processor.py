@@ -173,7 +173,8 @@ class Qwen2VLImageProcessor:
     def __init__(self, do_resize=True, size=None, resample=Image.BICUBIC, do_rescale=True,
                  rescale_factor=1 / 255, do_normalize=True, image_mean=None, image_std=None,
                  do_convert_rgb=True, min_pixels=None, max_pixels=None, patch_size=14,
-                 temporal_patch_size=2, merge_size=2, num_threads=None, **kwargs):
+                 temporal_patch_size=2, merge_size=2, num_threads=None, video_min_pixels=None,
+                 video_max_pixels=None, **kwargs):
         size = dict(size) if size else {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}
         if "shortest_edge" not in size or "longest_edge" not in size:
             raise ValueError("size must contain 'shortest_edge' and 'longest_edge' keys.")
@@ -183,6 +184,10 @@ class Qwen2VLImageProcessor:
             size["longest_edge"] = max_pixels
         self.size = size
         self.min_pixels, self.max_pixels = size["shortest_edge"], size["longest_edge"]
+        # Videos: the limits of transformers' separate video processor where they differ (see
+        # `data.dataset.checkpoint_processor`); by default the image limits.
+        self.video_min_pixels = self.min_pixels if video_min_pixels is None else video_min_pixels
+        self.video_max_pixels = self.max_pixels if video_max_pixels is None else video_max_pixels
         self.do_resize, self.resample = do_resize, resample
         self.do_rescale, self.rescale_factor = do_rescale, rescale_factor
         self.do_normalize = do_normalize
@@ -221,7 +226,7 @@ class Qwen2VLImageProcessor:
         cfg.update(overrides)
         keys = ("do_resize", "size", "do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std",
                 "do_convert_rgb", "min_pixels", "max_pixels", "patch_size", "temporal_patch_size", "merge_size",
-                "num_threads")
+                "num_threads", "video_min_pixels", "video_max_pixels")
         return cls(**{k: cfg[k] for k in keys if k in cfg})
 
     def _build_lut(self):
@@ -421,6 +426,8 @@ class Qwen2VLImageProcessor:
                    video_fps=None, video_maxlen=None, **unused):
         if return_tensors not in (None, "np"):
             raise ValueError(f"return_tensors={return_tensors!r}: this processor returns numpy arrays only ('np')")
+        vmin = self.video_min_pixels if min_pixels is None else min_pixels
+        vmax = self.video_max_pixels if max_pixels is None else max_pixels
         min_pixels = self.min_pixels if min_pixels is None else min_pixels
         max_pixels = self.max_pixels if max_pixels is None else max_pixels
         out = {}
@@ -442,7 +449,7 @@ class Qwen2VLImageProcessor:
                 frames = v
                 if isinstance(v, str):
                     frames = load_video_frames(v, fps=video_fps or 2.0, maxlen=video_maxlen or 128)
-                pv, g = self._process_frames(list(frames), min_pixels, max_pixels)
+                pv, g = self._process_frames(list(frames), vmin, vmax)
                 patches.append(pv)
                 grids.append(g)
             out["pixel_values_videos"] = _join(patches, 3 * self.temporal_patch_size * self.patch_size ** 2)

@@ -5,7 +5,8 @@ Slots (as MindSpeed-MM's `qwen2vl` template):
   user         `<|im_start|>user\\n{content}<|im_end|>\\n<|im_start|>assistant\\n`
   assistant    `{content}<|im_end|>\\n`
   observation  `<|im_start|>tool\\n{content}<|im_end|>\\n<|im_start|>assistant\\n`
-  function     `{content}<|im_end|>\\n`
+  function     `{content}` (MindSpeed-MM's qwen2vl template sets no function slot, so its default
+               applies: the content alone, no `<|im_end|>\\n`)
 `<image>` / `<video>` become `<|vision_start|>` + n x `<|image_pad|>` / `<|video_pad|>` +
 `<|vision_end|>` with n = t*h*w / merge^2 of the item's grid.
 
@@ -13,11 +14,15 @@ Labels: prompt tokens (system, user turn, `<|im_start|>assistant\\n`) are -100, 
 `<|im_end|>\\n`) are kept; `train_on_prompt` keeps the prompt too; `mask_history` trains the last
 turn only and, when truncating, keeps the last turns first.
 
-Truncation to `cutoff_len` (= --seq-length) follows MindSpeed-MM's turn-by-turn budget
-(`infer_seqlen`), with one change: vision blocks are never cut. Their tokens are reserved first and
-only text tokens are dropped (the tail of each prompt/response beyond its budget), so every image
-keeps all its tokens and the pixel inputs need no change. A sample whose vision tokens alone exceed
-`cutoff_len` cannot be trained and raises `SkipSample` (the dataset counts and reports these).
+Truncation to `cutoff_len` (= --seq-length) is MindSpeed-MM's: turn by turn (last turns first with
+`mask_history`) each prompt/response pair gets `infer_seqlen(len(prompt), len(response), cutoff_len
+- tokens so far)` and keeps the head of each side; once the budget is spent the remaining turns are
+dropped. One departure: where that cut would drop image/video tokens (it falls inside or before a
+vision block), the sample would carry fewer vision tokens than its pixels give features (MindSpeed-MM's
+model then fails assigning the features to the tokens), so instead the vision tokens are reserved first and the same
+turn-by-turn budget is spent on the text tokens only (`_cut_keeping_vision`). A sample whose vision
+tokens alone exceed `cutoff_len` cannot be trained and raises `SkipSample` (the dataset counts and
+reports these).
 """
 IGNORE_INDEX = -100
 IMAGE_PLACEHOLDER = "<image>"
@@ -32,7 +37,7 @@ SLOTS = {
     "user": "<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n",
     "assistant": "{content}<|im_end|>\n",
     "observation": "<|im_start|>tool\n{content}<|im_end|>\n<|im_start|>assistant\n",
-    "function": "{content}<|im_end|>\n",
+    "function": "{content}",
 }
 PROMPT_ROLES = ("user", "observation")
 RESPONSE_ROLES = ("assistant", "function")
@@ -139,16 +144,32 @@ class Qwen2VLTemplate:
             raise SkipSample(f"its image/video tokens alone ({vision}) exceed the sequence length {cutoff_len}")
         return vision
 
-    def encode_supervised(self, messages, system=None, cutoff_len=None, train_on_prompt=False, mask_history=False):
-        """input_ids and labels for an SFT sample (messages already expanded)."""
-        pairs = self.encode_pairs(messages, system)
-        cutoff_len = cutoff_len or 10 ** 12
-        vision_left = self._check_vision_fits(pairs, cutoff_len)
+    def _vision_count(self, ids):
+        return sum(self._vision_flags(ids))
+
+    @staticmethod
+    def _mindspeed_cut(pairs, cutoff_len, mask_history):
+        """MindSpeed-MM's truncation: [(turn, prompt_ids, response_ids)] in processing order."""
         order = list(enumerate(pairs))
         if mask_history:
             order = order[::-1]  # the last turns have priority
-        last = len(pairs) - 1
-        input_ids, labels, total = [], [], 0
+        kept, total = [], 0
+        for turn, (src, tgt) in order:
+            if total >= cutoff_len:
+                break
+            ns, nt = infer_seqlen(len(src), len(tgt), cutoff_len - total)
+            kept.append((turn, src[:ns], tgt[:nt]))
+            total += ns + nt
+        return kept
+
+    def _cut_keeping_vision(self, pairs, cutoff_len, mask_history):
+        """Our truncation where MindSpeed-MM's would drop vision tokens: they are reserved first and
+        the same turn-by-turn `infer_seqlen` budget is spent on the text tokens only."""
+        vision_left = self._check_vision_fits(pairs, cutoff_len)
+        order = list(enumerate(pairs))
+        if mask_history:
+            order = order[::-1]
+        kept, total = [], 0
         for turn, (src, tgt) in order:
             sv, st = self._split_counts(src)
             tv, tt = self._split_counts(tgt)
@@ -156,12 +177,25 @@ class Qwen2VLTemplate:
             budget = cutoff_len - total - vision_left - sv - tv
             ns, nt = infer_seqlen(st, tt, budget) if budget > 0 else (0, 0)
             src, tgt = self._keep_text(src, ns), self._keep_text(tgt, nt)
-            if not src and not tgt:
-                continue
-            total += len(src) + len(tgt)
+            if src or tgt:
+                kept.append((turn, src, tgt))
+                total += len(src) + len(tgt)
+        return kept
+
+    def encode_supervised(self, messages, system=None, cutoff_len=None, train_on_prompt=False, mask_history=False):
+        """input_ids and labels for an SFT sample (messages already expanded)."""
+        pairs = self.encode_pairs(messages, system)
+        cutoff_len = cutoff_len or 10 ** 12
+        kept = self._mindspeed_cut(pairs, cutoff_len, mask_history)
+        vision = sum(self._vision_count(s) + self._vision_count(t) for s, t in pairs)
+        if sum(self._vision_count(s) + self._vision_count(t) for _, s, t in kept) != vision:
+            kept = self._cut_keeping_vision(pairs, cutoff_len, mask_history)
+        last = len(pairs) - 1
+        input_ids, labels = [], []
+        for turn, src, tgt in kept:
             src_label = list(src) if train_on_prompt else [IGNORE_INDEX] * len(src)
             tgt_label = [IGNORE_INDEX] * len(tgt) if (mask_history and turn != last) else list(tgt)
-            if mask_history:
+            if mask_history:  # turns were taken last first
                 input_ids = src + tgt + input_ids
                 labels = src_label + tgt_label + labels
             else:
@@ -171,7 +205,8 @@ class Qwen2VLTemplate:
 
     def encode_pairwise(self, prompt, chosen, rejected, system=None, cutoff_len=None):
         """(chosen_ids, chosen_labels, rejected_ids, rejected_labels) for a DPO sample: the prompt is
-        shared, the responses are cut to one common budget (the response has priority)."""
+        shared, the responses are cut to one common budget: MindSpeed-MM's `infer_seqlen` on the whole
+        prompt and the longer response, with the vision exception of `encode_supervised`."""
         cutoff_len = cutoff_len or 10 ** 12
         c_pairs = self.encode_pairs(prompt + [chosen], system)
         r_pairs = self.encode_pairs(prompt + [rejected], system)
@@ -180,10 +215,15 @@ class Qwen2VLTemplate:
         pv, pt = self._split_counts(prompt_ids)
         if self._split_counts(chosen_ids)[0] or self._split_counts(rejected_ids)[0]:
             raise ValueError("chosen/rejected responses must not contain <image>/<video>: put media in the prompt")
-        if pv > cutoff_len:
-            raise SkipSample(f"its image/video tokens alone ({pv}) exceed the sequence length {cutoff_len}")
-        ns, nt = infer_seqlen(pt, max(len(chosen_ids), len(rejected_ids)), cutoff_len - pv)
-        prompt_ids = self._keep_text(prompt_ids, ns)
+        longest = max(len(chosen_ids), len(rejected_ids))
+        ns, nt = infer_seqlen(len(prompt_ids), longest, cutoff_len)  # MindSpeed-MM's cut
+        if self._vision_count(prompt_ids[:ns]) == pv:
+            prompt_ids = prompt_ids[:ns]
+        else:  # it would drop vision tokens: reserve them and cut the text (as `_cut_keeping_vision`)
+            if pv > cutoff_len:
+                raise SkipSample(f"its image/video tokens alone ({pv}) exceed the sequence length {cutoff_len}")
+            ns, nt = infer_seqlen(pt, longest, cutoff_len - pv)
+            prompt_ids = self._keep_text(prompt_ids, ns)
         chosen_ids, rejected_ids = chosen_ids[:nt], rejected_ids[:nt]
         ignore = [IGNORE_INDEX] * len(prompt_ids)
         return (prompt_ids + chosen_ids, ignore + chosen_ids, prompt_ids + rejected_ids, ignore + rejected_ids)

@@ -17,6 +17,7 @@ import numpy as np
 from mindspore import Tensor
 
 from mindspeed_ms.inference.sampling import SamplingConfig, TokenChooser
+from mindspeed_ms.models.qwen2vl.language import causal_padding_mask
 
 IM_END_ID = 151645
 ENDOFTEXT_ID = 151643
@@ -95,7 +96,8 @@ def generate(model, input_ids, attention_mask=None, pixel_values=None, image_gri
     if input_ids.shape[0] > 1 and (mask[:, -1] == 0).any():
         raise ValueError("batched generation needs LEFT padding: the last column of attention_mask has zeros "
                          "(pad on the left, e.g. tokenizer.padding_side = 'left')")
-    chooser = TokenChooser(sampling or SamplingConfig())
+    # a ready TokenChooser (e.g. one with logits processors) is used as is
+    chooser = sampling if isinstance(sampling, TokenChooser) else TokenChooser(sampling or SamplingConfig())
     if process_logits is not None:
         chooser = _Processed(chooser, process_logits)
     stopper = _Stopper(input_ids.shape[0], stop_token_ids, stop_check, streamer)
@@ -155,10 +157,14 @@ def _generate_cached(model, ids, mask, vision, max_new, chooser, stopper, pad_id
     embeds = model.merge_vision(t["input_ids"], t["pixel_values"], t["vision_pos_ids"], t["vision_segment_ids"],
                                 t["vision_gather_index"], t["vision_token_mask"])
     decoder = model.text_decoder
-    logits, past = decoder(embeds, t["position_ids"], t["attention_mask"], None, True)
+    # prefill: only the last position's logits are needed; the output layer on all S positions
+    # would hold B x S x vocab floats (GBs for images at MindSpeed-MM's min_pixels)
+    cos, sin = decoder.rotary(t["position_ids"])
+    mask0 = causal_padding_mask(t["attention_mask"], embeds.shape[1])
+    hidden, past = decoder.decoder(embeds, cos, sin, mask0, None)
     if isinstance(chooser, _Processed):
         chooser.start(ids)
-    nxt = chooser(_last_logits(logits))
+    nxt = chooser(_last_logits(decoder.logits(hidden[:, -1:, :])))
     length = ids.shape[1]
     for _ in range(max_new - 1):
         stopper.push(nxt)

@@ -69,10 +69,21 @@ def load_for_inference(load, mm_model=None, tokenizer=None, iteration=None, mm_d
     if not tok_dir:
         raise LoadError(f"--load {load} is a MindSpeed-MM checkpoint without tokenizer files: pass --tokenizer "
                         f"HF_DIR (or --mm-data data.json whose model_name_or_path holds them)")
-    from mindspeed_ms.checkpoint.mm_io import read_mm_checkpoint
-    from mindspeed_ms.config.model_config import config_to_hf, load_model_json
+    from mindspeed_ms.config.model_config import load_model_json
 
-    cfg = load_model_json(mm_model)
+    from mindspeed_ms.models.qwen2vl.hf_api import read_generation_config
+
+    model, tag = model_from_mm_checkpoint(load, load_model_json(mm_model), iteration, f"--mm-model {mm_model}")
+    model.generation_config = read_generation_config(tok_dir)  # the HF dir's decoding defaults, if any
+    return LoadedModel(model, tok_dir, "mm", tag)
+
+
+def model_from_mm_checkpoint(load, cfg, iteration=None, model_source="--mm-model"):
+    """(model, iteration tag) from a MindSpeed-MM checkpoint root and a model config (Qwen2VLConfig)."""
+    from mindspeed_ms.checkpoint.mm_io import read_mm_checkpoint
+    from mindspeed_ms.config.model_config import config_to_hf
+    from mindspeed_ms.models.qwen2vl import Qwen2VLForConditionalGeneration
+
     tag = None if iteration is None else ("release" if str(iteration) == "release" else int(iteration))
     try:
         sd, reader = read_mm_checkpoint(load, tag, config_to_hf(cfg))
@@ -82,8 +93,5 @@ def load_for_inference(load, mm_model=None, tokenizer=None, iteration=None, mm_d
     try:
         model.load_mm_state_dict(sd)
     except ValueError as e:
-        raise LoadError(f"--load {load} does not fit --mm-model {mm_model}: {e}") from None
-    from mindspeed_ms.models.qwen2vl.hf_api import read_generation_config
-
-    model.generation_config = read_generation_config(tok_dir)  # the HF dir's decoding defaults, if any
-    return LoadedModel(model, tok_dir, "mm", str(reader.tag))
+        raise LoadError(f"--load {load} does not fit {model_source}: {e}") from None
+    return model, str(reader.tag)
