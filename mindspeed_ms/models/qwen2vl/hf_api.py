@@ -71,7 +71,7 @@ class HFApiMixin:
         mask = None if attention_mask is None else _as_2d(_to_numpy(attention_mask), "attention_mask")
         g = resolve(getattr(self, "generation_config", None), generation_kwargs, ids.shape[1])
         sampling = SamplingConfig(g.do_sample, g.temperature, g.top_p, g.top_k, 0 if seed is None else int(seed))
-        rows = [r[m > 0] if mask is not None else r for r, m in zip(ids, mask if mask is not None else ids)]
+        rows = list(ids) if mask is None else [r[m > 0] for r, m in zip(ids, mask)]  # prompts without padding
         hook, finish = _streamer_hooks(streamer, ids)
         out = generate(self, ids, mask, _to_numpy(pixel_values), _to_numpy(image_grid_thw),
                        _to_numpy(pixel_values_videos), _to_numpy(video_grid_thw), max_new_tokens=g.max_new_tokens,
