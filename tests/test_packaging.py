@@ -183,3 +183,19 @@ def test_two_checkouts_on_one_machine_run_their_own_code(tmp_path):
     out, err = p.communicate(timeout=300)
     assert p.returncode == 0, out + err
     assert f"FILE {os.path.realpath(b)}" in out and str(a) not in out.split("PP=")[1]
+
+
+def test_checkout_commands_are_the_console_scripts():
+    """bin/ (a checkout's commands) and pyproject's [project.scripts] (the wheel's) name the same
+    entry points, and each runs its --help from another directory."""
+    import tomllib
+    scripts = tomllib.load(open(os.path.join(ROOT, "pyproject.toml"), "rb"))["project"]["scripts"]
+    wrappers = sorted(f for f in os.listdir(os.path.join(ROOT, "bin")) if not f.startswith("_"))
+    assert wrappers == sorted(scripts)
+    env = dict(os.environ)
+    env["PATH"] = os.path.join(ROOT, "bin") + ":" + os.path.dirname(sys.executable) + ":/usr/bin:/bin"
+    for name, entry in scripts.items():
+        text = open(os.path.join(ROOT, "bin", name)).read()
+        assert f"_run_entry\" {entry} {name} " in text, name
+        r = subprocess.run([name, "--help"], cwd="/", env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 and "usage" in r.stdout.lower(), (name, r.stdout[-500:], r.stderr[-500:])
