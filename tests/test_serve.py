@@ -246,6 +246,7 @@ def test_waiting_greedy_requests_run_as_one_batch(server):
     assert after["served"] - before["served"] == 3 and after["batches"] - before["batches"] == 2
 
 
+@pytest.mark.slow  # two more interpreter start-ups
 def test_taken_port_and_bad_flags_are_one_line_errors(server):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
