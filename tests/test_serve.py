@@ -260,3 +260,24 @@ def test_taken_port_and_bad_flags_are_one_line_errors(server):
     r = subprocess.run([sys.executable, "-m", "mindspeed_ms.inference.serve", "--load", server["hf"],
                         "--max-batch-size", "0"], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert r.returncode == 2 and "--max-batch-size must be >= 1" in r.stderr
+
+
+@pytest.mark.slow  # loads the model in the test process too
+def test_worker_survives_settings_it_refuses(server):
+    """In process: a checkpoint whose generation_config.json asks for beam search gets 400 with the
+    reason from the worker, and the worker goes on serving (greedy requests set temperature 0)."""
+    from fastapi.testclient import TestClient
+
+    from mindspeed_ms.inference import chat, serve
+
+    loaded, builder = chat.load_from_args(chat.build_parser().parse_args(["--load", server["hf"]]))
+    loaded.model.generation_config = {"num_beams": 3}
+    engine = serve.Engine(loaded.model, builder, max_queue=2, max_batch=2)
+    client = TestClient(serve.create_app(engine, MODEL))
+    body = {"model": MODEL, "messages": _ask(server["path"]), "max_tokens": 2}
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400 and "num_beams" in r.json()["error"]["message"]
+    loaded.model.generation_config = None
+    r = client.post("/v1/chat/completions", json=dict(body, temperature=0))
+    assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length")
+    assert client.get("/health").json()["served"] == 2

@@ -77,13 +77,19 @@ class Engine:
                        dict(r.sampling, max_new_tokens=r.max_tokens, min_new_tokens=r.min_tokens,
                             eos_token_id=self.eos_ids, pad_token_id=self.builder.pad_id), prompt_len)
 
+    def _greedy(self, job):
+        try:
+            return not self._settings(job, 1).do_sample
+        except ValueError:  # refused settings: the job runs alone and its client gets the 400
+            return False
+
     def _take(self):
         """The next batch: one job, plus waiting greedy jobs with the same min_tokens."""
         first, self._next = self._next, None
         while first is None or first.cancelled:
             first = self.jobs.get()
         jobs = [first]
-        if self.max_batch > 1 and not self._settings(first, 1).do_sample:
+        if self.max_batch > 1 and self._greedy(first):
             while len(jobs) < self.max_batch:
                 try:
                     j = self.jobs.get_nowait()
@@ -91,7 +97,7 @@ class Engine:
                     break
                 if j.cancelled:
                     continue
-                if self._settings(j, 1).do_sample or j.req.min_tokens != first.req.min_tokens:
+                if not self._greedy(j) or j.req.min_tokens != first.req.min_tokens:
                     self._next = j
                     break
                 jobs.append(j)
@@ -99,7 +105,10 @@ class Engine:
 
     def _loop(self):
         while True:
-            jobs = self._take()
+            try:
+                jobs = self._take()
+            except Exception:  # never let the worker die: the server would hang
+                continue
             self.busy = True
             try:
                 self._run(jobs)
