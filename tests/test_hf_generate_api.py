@@ -1,6 +1,7 @@
 """`model.generate(...)` and `model.save_pretrained(dir)` behave as transformers' on the same random
-tiny checkpoint: greedy tokens equal token for token (images, a left-padded batch, a video, eos,
-repetition penalty, min_new_tokens, stop strings), HF-shaped output; sampling reproducible by seed
+tiny checkpoint: greedy and beam-search tokens equal token for token (images, a left-padded batch,
+a video, eos, repetition penalty, min_new_tokens, stop strings, length penalty, early stopping),
+HF-shaped output; sampling reproducible by seed
 and equal to transformers where the draw is deterministic (top_k=1); a saved directory loads in
 transformers and gives the same logits. (The slow-marked ones: RUN_SLOW=1.)"""
 import os
@@ -136,11 +137,49 @@ def test_sampling_seeded_and_top_k_1_equals_transformers(models):
     np.testing.assert_array_equal(ours.generate(**inputs, pad_token_id=PAD, seed=9, **one), _hf(hf, inputs, **one))
 
 
+def test_beam_search_equals_transformers(models):
+    hf, ours, _ = models
+    inputs = _image_inputs()
+    s = inputs["input_ids"].shape[1]
+    kw = dict(num_beams=3, max_new_tokens=8)
+    beam = ours.generate(**inputs, pad_token_id=PAD, **kw)
+    np.testing.assert_array_equal(beam, _hf(hf, inputs, do_sample=False, **kw))
+    assert not np.array_equal(beam, ours.generate(**inputs, pad_token_id=PAD, max_new_tokens=8))  # not greedy
+    # an eos that the best beam of row 0 reaches early, with a length penalty that lets the short
+    # hypothesis win: finished hypotheses, padding and both early-stopping rules are exercised
+    eos = int(beam[0, s + 1])
+    for early in (False, True):
+        kw = dict(num_beams=3, max_new_tokens=8, eos_token_id=eos, length_penalty=0.0, early_stopping=early)
+        out = ours.generate(**inputs, pad_token_id=PAD, **kw)
+        np.testing.assert_array_equal(out, _hf(hf, inputs, do_sample=False, **kw))
+        assert (out[0, s:] == PAD).any()
+
+
+@pytest.mark.slow  # ~20 s on the shared 2-core machine
+def test_beam_search_video_and_penalties_equal_transformers(models):
+    hf, ours, _ = models
+    rng = np.random.default_rng(4)
+    grid = [2, 4, 6]
+    ids = np.array([_prompt(rng, [grid], pad_id=151656)])
+    video = {"input_ids": ids, "attention_mask": np.ones_like(ids), "video_grid_thw": np.array([grid], np.int64),
+             "pixel_values_videos": rng.normal(size=(48, PATCH_DIM)).astype(np.float32)}
+    np.testing.assert_array_equal(ours.generate(**video, pad_token_id=PAD, num_beams=2, max_new_tokens=6),
+                                  _hf(hf, video, do_sample=False, num_beams=2, max_new_tokens=6))
+    inputs = _image_inputs(1)
+    kw = dict(num_beams=4, max_new_tokens=6, length_penalty=0.5, repetition_penalty=1.3, min_new_tokens=2,
+              early_stopping="never", eos_token_id=[151645, int(ours.generate(**inputs, max_new_tokens=1,
+                                                                             pad_token_id=PAD)[0, -1])])
+    np.testing.assert_array_equal(ours.generate(**inputs, pad_token_id=PAD, **kw),
+                                  _hf(hf, inputs, do_sample=False, **kw))
+
+
 def test_settings_refused_with_the_key(models):
     _, ours, _ = models
     inputs = _image_inputs()
-    with pytest.raises(ValueError, match="num_beams"):
-        ours.generate(**inputs, num_beams=2)
+    with pytest.raises(ValueError, match="beam sampling"):
+        ours.generate(**inputs, num_beams=2, do_sample=True, max_new_tokens=2)
+    with pytest.raises(ValueError, match="streamer"):
+        ours.generate(**inputs, num_beams=2, max_new_tokens=2, streamer=lambda ids, live: None)
     with pytest.raises(ValueError, match="no_repeat_ngram_size"):
         ours.generate(**inputs, no_repeat_ngram_size=3)
     with pytest.raises(TypeError, match="max_tokens"):

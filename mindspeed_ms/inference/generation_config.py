@@ -3,7 +3,7 @@
 As in transformers, the settings are, from lowest to highest priority: GenerationConfig's own
 defaults (`max_length=20`, `top_k=50`, ...), the model's `generation_config.json`, then the keyword
 arguments of the call. A setting that would change the output and that we do not implement
-(beam search, `no_repeat_ngram_size`, ...) is an error naming the key, never silently ignored;
+(beam sampling, `no_repeat_ngram_size`, ...) is an error naming the key, never silently ignored;
 keys that only shape what HF returns around the tokens (`output_scores`, ...) are accepted with
 their default value only.
 """
@@ -17,11 +17,12 @@ HF_DEFAULTS = {
     "max_length": 20, "max_new_tokens": None, "min_length": 0, "min_new_tokens": None,
     "do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0, "num_beams": 1,
     "repetition_penalty": 1.0, "eos_token_id": None, "pad_token_id": None, "bos_token_id": None,
-    "stop_strings": None, "use_cache": True, "num_return_sequences": 1,
+    "stop_strings": None, "use_cache": True, "num_return_sequences": 1, "length_penalty": 1.0,
+    "early_stopping": False,
 }
 # keys that change the tokens and that we refuse unless they hold the value that does nothing
 _NEUTRAL = {
-    "num_beam_groups": 1, "diversity_penalty": 0.0, "length_penalty": 1.0, "early_stopping": False,
+    "num_beam_groups": 1, "diversity_penalty": 0.0,
     "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None,
     "force_words_ids": None, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "min_p": None,
     "top_h": None, "penalty_alpha": None, "guidance_scale": None, "sequence_bias": None,
@@ -50,6 +51,9 @@ class ResolvedGeneration:
     pad_token_id: int
     stop_strings: List[str]
     use_cache: bool
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    early_stopping: object = False
 
 
 def _ids(value) -> Tuple[int, ...]:
@@ -87,9 +91,15 @@ def resolve(model_config: Optional[dict], kwargs: dict, prompt_len: int) -> Reso
                 raise TypeError(f"generate() got an unexpected keyword argument {key!r}")
             if value is not None or key in ("max_new_tokens", "eos_token_id", "stop_strings", "pad_token_id"):
                 cfg[key] = value
-    if int(cfg["num_beams"]) != 1:
-        raise ValueError(f"num_beams={cfg['num_beams']}: beam search is not implemented here (greedy and sampling "
-                         f"only); pass num_beams=1")
+    beams = int(cfg["num_beams"])
+    if beams < 1:
+        raise ValueError(f"num_beams must be >= 1, got {beams}")
+    if beams > 1 and cfg["do_sample"]:
+        raise ValueError("num_beams > 1 with do_sample=True (beam sampling) is not implemented here; use one of them")
+    if beams > 1 and cfg["stop_strings"]:
+        raise ValueError("stop_strings with num_beams > 1 are not implemented here")
+    if cfg["early_stopping"] not in (True, False, "never"):
+        raise ValueError(f"early_stopping must be True, False or 'never', got {cfg['early_stopping']!r}")
     if int(cfg["num_return_sequences"]) != 1:
         raise ValueError(f"num_return_sequences={cfg['num_return_sequences']}: only 1 is supported; repeat the "
                          f"prompt in the batch for several samples")
@@ -120,7 +130,8 @@ def resolve(model_config: Optional[dict], kwargs: dict, prompt_len: int) -> Reso
         max_new_tokens=max_new, min_new_tokens=int(min_new), do_sample=do_sample,
         temperature=float(cfg["temperature"]), top_k=int(cfg["top_k"] or 0), top_p=float(cfg["top_p"]),
         repetition_penalty=rep, eos_token_ids=eos, pad_token_id=int(pad), stop_strings=list(stops or []),
-        use_cache=bool(cfg["use_cache"]))
+        use_cache=bool(cfg["use_cache"]), num_beams=beams, length_penalty=float(cfg["length_penalty"]),
+        early_stopping=cfg["early_stopping"])
 
 
 def logits_processor(g: ResolvedGeneration, prompt_len: int):

@@ -51,7 +51,8 @@ class HFApiMixin:
         """transformers' `generate` for Qwen2-VL: returns the prompt followed by the new tokens,
         [B, S + T] int64 (T = steps taken; rows that stopped earlier are filled with pad_token_id).
 
-        Settings (`max_new_tokens`, `do_sample`, `temperature`, `top_k`, `top_p`,
+        Settings (`max_new_tokens`, `do_sample`, `temperature`, `top_k`, `top_p`, `num_beams`,
+        `length_penalty`, `early_stopping`,
         `repetition_penalty`, `min_new_tokens`, `eos_token_id`, `pad_token_id`, `stop_strings`
         (with `tokenizer=`), `use_cache`, `generation_config=`) override the model's
         generation_config.json, which overrides transformers' defaults. Greedy decoding gives
@@ -71,6 +72,11 @@ class HFApiMixin:
         mask = None if attention_mask is None else _as_2d(_to_numpy(attention_mask), "attention_mask")
         g = resolve(getattr(self, "generation_config", None), generation_kwargs, ids.shape[1])
         sampling = SamplingConfig(g.do_sample, g.temperature, g.top_p, g.top_k, 0 if seed is None else int(seed))
+        if g.num_beams > 1:
+            return self._beam_search(ids, mask, g, streamer, pixel_values=_to_numpy(pixel_values),
+                                     image_grid_thw=_to_numpy(image_grid_thw),
+                                     pixel_values_videos=_to_numpy(pixel_values_videos),
+                                     video_grid_thw=_to_numpy(video_grid_thw))
         rows = list(ids) if mask is None else [r[m > 0] for r, m in zip(ids, mask)]  # prompts without padding
         hook, finish = _streamer_hooks(streamer, ids)
         out = generate(self, ids, mask, _to_numpy(pixel_values), _to_numpy(image_grid_thw),
@@ -84,6 +90,19 @@ class HFApiMixin:
         for b, toks in enumerate(out.tokens):
             new[b, :len(toks)] = toks
         return np.concatenate([ids, new], axis=1)
+
+    def _beam_search(self, ids, mask, g, streamer, **vision):
+        from mindspeed_ms.inference.beam_search import beam_search
+        from mindspeed_ms.inference.generation_config import logits_processor
+
+        if streamer is not None:
+            raise ValueError("a streamer cannot be used with beam search (num_beams > 1), as in transformers")
+        if ids.shape[0] > 1 and mask is not None and (np.asarray(mask)[:, -1] == 0).any():
+            raise ValueError("batched generation needs LEFT padding: the last column of attention_mask has zeros")
+        mask = np.ones_like(ids) if mask is None else np.asarray(mask)
+        return beam_search(self, ids.astype(np.int32), mask, vision, g.num_beams, g.max_new_tokens,
+                           g.eos_token_ids, g.pad_token_id, g.length_penalty, g.early_stopping,
+                           logits_processor(g, ids.shape[1])).astype(np.int64)
 
     def save_pretrained(self, save_directory, overwrite=False):
         """Write an HF Qwen2-VL directory: config.json, model.safetensors (HF key names, fp32) and
