@@ -264,20 +264,36 @@ def test_taken_port_and_bad_flags_are_one_line_errors(server):
 
 @pytest.mark.slow  # loads the model in the test process too
 def test_worker_survives_settings_it_refuses(server):
-    """In process: a checkpoint whose generation_config.json asks for beam search gets 400 with the
-    reason from the worker, and the worker goes on serving (greedy requests set temperature 0)."""
+    """In process: a checkpoint whose generation_config.json asks for what generate refuses gets 400 with the
+    reason from the worker, and the worker goes on serving (greedy requests set temperature 0); one
+    that asks for beam search is answered with model.generate's beams, plain and streamed."""
     from fastapi.testclient import TestClient
 
     from mindspeed_ms.inference import chat, serve
 
     loaded, builder = chat.load_from_args(chat.build_parser().parse_args(["--load", server["hf"]]))
-    loaded.model.generation_config = {"num_beams": 3}
+    loaded.model.generation_config = {"no_repeat_ngram_size": 3}
     engine = serve.Engine(loaded.model, builder, max_queue=2, max_batch=2)
     client = TestClient(serve.create_app(engine, MODEL))
     body = {"model": MODEL, "messages": _ask(server["path"]), "max_tokens": 2}
     r = client.post("/v1/chat/completions", json=body)
-    assert r.status_code == 400 and "num_beams" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "no_repeat_ngram_size" in r.json()["error"]["message"]
     loaded.model.generation_config = None
     r = client.post("/v1/chat/completions", json=dict(body, temperature=0))
     assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length")
     assert client.get("/health").json()["served"] == 2
+    # a checkpoint that asks for beam search: the request runs alone through model.generate's beams
+    loaded.model.generation_config = {"num_beams": 2}
+    body = dict(body, temperature=0, max_tokens=5)
+    r = client.post("/v1/chat/completions", json=body)
+    prompt = builder.batch([builder.build([{"role": "user", "content": "What colour is the shape?"}],
+                                          [server["path"]])])
+    ids = loaded.model.generate(**prompt, max_new_tokens=5, do_sample=False, eos_token_id=engine.eos_ids,
+                                pad_token_id=builder.pad_id)
+    want = builder.decode([t for t in ids[0, prompt["input_ids"].shape[1]:].tolist() if t != builder.pad_id])
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == want
+    with client.stream("POST", "/v1/chat/completions", json=dict(body, stream=True)) as s:
+        lines = [line for line in s.iter_lines() if line.startswith("data: {")]
+    import json
+    assert "".join(json.loads(x[6:])["choices"][0]["delta"].get("content", "") for x in lines
+                   if json.loads(x[6:])["choices"]) == want

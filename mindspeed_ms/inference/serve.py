@@ -79,7 +79,8 @@ class Engine:
 
     def _greedy(self, job):
         try:
-            return not self._settings(job, 1).do_sample
+            g = self._settings(job, 1)
+            return not g.do_sample and g.num_beams == 1
         except ValueError:  # refused settings: the job runs alone and its client gets the 400
             return False
 
@@ -127,6 +128,9 @@ class Engine:
                 for j in jobs:
                     j.finished = True
 
+    def _run_beams(self, job, batch, stream):
+        _beam_text(self, job, batch, stream)
+
     def _run(self, jobs):
         from mindspeed_ms.inference.generate import generate
         from mindspeed_ms.inference.generation_config import logits_processor
@@ -141,6 +145,8 @@ class Engine:
         streams = [TextStream(tok, self.eos_ids, j.req.stop) for j in jobs]
         for j in jobs:
             j.emit("start")
+        if g.num_beams > 1:  # the checkpoint's generation_config.json asks for beam search: alone, whole
+            return self._run_beams(jobs[0], batch, streams[0])
 
         def row_stops(b, tokens):
             # each row: its text piece by piece, its own stop strings and max_tokens; a row whose
@@ -168,6 +174,23 @@ class Engine:
             ended = stream.hit_stop or (stream.tokens and stream.tokens[-1] in self.eos_ids)
             j.emit("done", piece, text, "stop" if ended else "length", int(len(j.prompt["input_ids"])),
                    len(stream.tokens))
+
+
+def _beam_text(engine, job, batch, stream):
+    """Beam search gives its tokens at the end: the pieces go out together after it."""
+    r = job.req
+    out = engine.model.generate(**batch, max_new_tokens=r.max_tokens, min_new_tokens=r.min_tokens,
+                                eos_token_id=engine.eos_ids, pad_token_id=engine.builder.pad_id, **r.sampling)
+    for t in out[0, batch["input_ids"].shape[1]:].tolist():
+        piece = stream.push(t)
+        if piece:
+            job.emit("piece", piece)
+        if t in engine.eos_ids or stream.hit_stop:
+            break
+    piece, text = stream.finish()
+    ended = stream.hit_stop or (stream.tokens and stream.tokens[-1] in engine.eos_ids)
+    job.emit("done", piece, text, "stop" if ended else "length", int(len(job.prompt["input_ids"])),
+             len(stream.tokens))
 
 
 def _sse(obj):
