@@ -24,8 +24,10 @@ class ArgumentError(ValueError):
 USED, ASCEND, NOOP, MODEL = "used", "ascend", "noop", "model"
 
 
-def _f(default, help, effect=USED, choices=None, nargs=None):
-    return field(default=default, metadata={"help": help, "effect": effect, "choices": choices, "nargs": nargs})
+def _f(default, help, effect=USED, choices=None, nargs=None, why=None):
+    """`why`: for a flag without effect (NOOP, or ASCEND on CPU), the reason its start-up notice gives."""
+    return field(default=default, metadata={"help": help, "effect": effect, "choices": choices, "nargs": nargs,
+                                            "why": why})
 
 
 @dataclass
@@ -38,17 +40,21 @@ class TrainingArgs:
     context_parallel_algo: str = _f("ulysses_cp_algo", "context-parallel algorithm",
                                     choices=["ulysses_cp_algo", "megatron_cp_algo", "hybrid_cp_algo"])
     sequence_parallel: bool = _f(False, "sequence parallelism inside TP regions (Ascend)", ASCEND)
-    unaligned_linear: bool = _f(False, "allow sequence lengths not divisible by TP with --sequence-parallel", ASCEND)
+    unaligned_linear: bool = _f(False, "allow sequence lengths not divisible by TP with --sequence-parallel", NOOP,
+                                why="unaligned lengths are always padded to the split and masked here")
     use_distributed_optimizer: bool = _f(False, "shard optimizer states over DP (Ascend parallel optimizer)", ASCEND)
     enable_dummy_optimizer: bool = _f(False, "allow stages / runs whose parameters are all frozen")
     recompute_granularity: Optional[str] = _f(None, "activation recomputation granularity", ASCEND,
                                               choices=["full", "selective"])
     recompute_method: Optional[str] = _f(None, "activation recomputation method", ASCEND, choices=["uniform", "block"])
     recompute_num_layers: Optional[int] = _f(None, "layers per recomputation unit", ASCEND)
-    reuse_fp32_param: bool = _f(False, "MindSpeed memory trick sharing bf16/fp32 parameter storage", NOOP)
+    reuse_fp32_param: bool = _f(False, "MindSpeed memory trick sharing bf16/fp32 parameter storage", NOOP,
+                                why="a torch storage trick; MindSpore's optimizer keeps its own fp32 state")
     distributed_backend: str = _f("nccl", "collective backend name (msrun picks HCCL on Ascend, MindSpore's own on CPU)",
-                                  NOOP, choices=["nccl", "hccl", "gloo", "mccl"])
-    distributed_timeout_minutes: int = _f(10, "collective timeout (torch.distributed)", NOOP)
+                                  NOOP, choices=["nccl", "hccl", "gloo", "mccl"],
+                                  why="msrun picks HCCL on Ascend and MindSpore's own collectives on CPU")
+    distributed_timeout_minutes: int = _f(10, "collective timeout (torch.distributed)", NOOP,
+                                          why="a torch.distributed setting; msrun has its own timeouts")
     ai_framework: str = _f("mindspore", "framework that runs the job (this package is MindSpore-native)",
                            choices=["mindspore"])
 
@@ -75,18 +81,27 @@ class TrainingArgs:
     fp16: bool = _f(False, "fp16 compute (not supported by the Qwen2-VL recipes)")
     calculate_per_sample_loss: bool = _f(False, "token mean per sample, then mean over samples")
     calculate_per_token_loss: bool = _f(False, "sum over the global batch's tokens / its valid-token count")
-    variable_seq_lengths: bool = _f(False, "pipeline stages exchange variable-length activations", ASCEND)
+    variable_seq_lengths: bool = _f(False, "pipeline stages exchange variable-length activations", NOOP,
+                                    why="the sharded step pads every micro-batch to one static shape, so stages "
+                                        "always exchange the same size")
 
     # ---- kernel / torch-internal switches ------------------------------------------------------
-    use_mcore_models: bool = _f(False, "Megatron-core model classes (always the case here)", NOOP)
-    use_fused_rmsnorm: bool = _f(False, "fused RMSNorm kernel", ASCEND)
-    use_fused_swiglu: bool = _f(False, "fused SwiGLU kernel", ASCEND)
+    use_mcore_models: bool = _f(False, "Megatron-core model classes (always the case here)", NOOP,
+                                why="the model always has Megatron-core's module names and layout")
+    use_fused_rmsnorm: bool = _f(False, "fused RMSNorm kernel", NOOP,
+                                 why="MindSpore's graph compiler fuses the norm itself; there is no kernel switch")
+    use_fused_swiglu: bool = _f(False, "fused SwiGLU kernel", NOOP,
+                                why="MindSpore's graph compiler fuses the activation itself; there is no kernel switch")
     use_flash_attn: bool = _f(False, "flash attention kernel (flash_attention_score)", ASCEND)
-    no_masked_softmax_fusion: bool = _f(False, "disable the fused masked softmax", NOOP)
-    no_gradient_accumulation_fusion: bool = _f(False, "disable the fused weight-gradient accumulation", NOOP)
+    no_masked_softmax_fusion: bool = _f(False, "disable the fused masked softmax", NOOP,
+                                        why="a Megatron CUDA kernel switch; the softmax here is MindSpore's")
+    no_gradient_accumulation_fusion: bool = _f(False, "disable the fused weight-gradient accumulation", NOOP,
+                                               why="a Megatron CUDA kernel switch; gradients accumulate in fp32 "
+                                                   "buffers here")
     num_workers: int = _f(2, "data-loader workers")
     tokenizer_type: str = _f("NullTokenizer", "Megatron tokenizer type (the tokenizer comes from data.json's "
-                             "model_name_or_path)", NOOP)
+                             "model_name_or_path)", NOOP,
+                             why="the tokenizer is data.json's preprocess_parameters.model_name_or_path, as in MindSpeed-MM")
 
     # ---- model structure (model.json defines the model; these are checked against it) ---------
     vocab_size: Optional[int] = _f(None, "vocabulary size (must equal model.json's)", MODEL)
@@ -106,7 +121,8 @@ class TrainingArgs:
     # ---- data and model files ----------------------------------------------------------------
     mm_data: Optional[str] = _f(None, "data.json (datasets, preprocessing, data loader)")
     mm_model: Optional[str] = _f(None, "model.json (model structure, freezing)")
-    mm_tool: Optional[str] = _f(None, "tools.json (MindSpeed-MM tool settings; read for compatibility)", NOOP)
+    mm_tool: Optional[str] = _f(None, "tools.json (MindSpeed-MM tool settings)", NOOP,
+                                why="MindSpeed-MM's profiling / memory-snapshot tools have no counterpart here")
 
     # ---- checkpoints ---------------------------------------------------------------------------
     load: Optional[str] = _f(None, "checkpoint directory to start from (release or iter_N, MM layout)")
@@ -121,10 +137,14 @@ class TrainingArgs:
 
     # ---- logging and evaluation --------------------------------------------------------------
     log_interval: int = _f(100, "steps between log lines")
-    log_tps: bool = _f(False, "log the mean 'tokens per sample' (the scripts turn it into tokens/s)")
+    log_tps: bool = _f(False, "log MindSpeed-MM's 'tokens per sample' (the padded sequence length the language "
+                              "model sees; the scripts turn it into tokens/s) and the real (non-padding) tokens per sample")
     eval_interval: int = _f(1000, "steps between validation runs")
     eval_iters: int = _f(100, "validation batches per run")
     tensorboard_dir: Optional[str] = _f(None, "write TensorBoard scalars here")
+    wandb_project: str = _f("", "W&B project to log the scalars to (empty: off; needs the wandb package)")
+    wandb_exp_name: str = _f("", "W&B run name (required with --wandb-project)")
+    wandb_save_dir: str = _f("", "directory of the W&B run files (default <--save>/wandb)")
 
     # ---- DPO (posttrain_qwen2vl_dpo.py) ------------------------------------------------------
     dpo_beta: float = _f(0.1, "DPO beta")
@@ -225,6 +245,15 @@ def no_effect_flags(args: TrainingArgs, backend: str) -> List[str]:
     return out
 
 
+def _why(flag: str, backend: str) -> str:
+    meta = {f.name: f.metadata for f in _flag_fields()}[flag[2:].replace("-", "_")]
+    if meta.get("why"):
+        return f" ({meta['why']})"
+    if meta["effect"] == ASCEND:
+        return " (it acts on Ascend only)"
+    return ""
+
+
 def _err(msg: str):
     raise ArgumentError(" ".join(msg.split()))
 
@@ -290,12 +319,19 @@ def validate_args(args: TrainingArgs, world_size: int = 1, backend: str = "CPU",
     args.world_size, args.backend = world_size, backend
     if require_data:
         _check_file("--mm-data", args.mm_data, "data.json with the datasets")
+        from mindspeed_ms.config.data_config import DataConfigError, load_data_json, no_effect_notices
+        try:
+            notices += no_effect_notices(load_data_json(args.mm_data))
+        except DataConfigError:
+            pass                # reported, still before any compute, when the data feed is built
     _check_file("--mm-model", args.mm_model, "model.json with the model structure")
     try:
         model = load_model_json(args.mm_model)
     except (ModelConfigError, ValueError) as e:
         _err(f"--mm-model {args.mm_model}: {e}")
     notices += check_against_model_json(args, model, args.mm_model)
+    from mindspeed_ms.config.model_config import model_no_effect_notices
+    notices += model_no_effect_notices(model)
 
     if args.calculate_per_sample_loss and args.calculate_per_token_loss:
         _err("--calculate-per-sample-loss and --calculate-per-token-loss are mutually exclusive: choose one "
@@ -341,6 +377,9 @@ def validate_args(args: TrainingArgs, world_size: int = 1, backend: str = "CPU",
         _err(f"--save-interval must be positive (got {args.save_interval}).")
     if args.log_interval <= 0 or args.eval_interval <= 0:
         _err("--log-interval and --eval-interval must be positive.")
-    notices += [f"{flag}: no effect on {backend}" if "(" not in flag else flag
+    from mindspeed_ms.training.wandb_writer import wandb_problem
+    if wandb_problem(args):
+        _err(wandb_problem(args))
+    notices += [flag if "(" in flag else f"{flag}: no effect on {backend}" + _why(flag, backend)
                 for flag in no_effect_flags(args, backend)]
     return Startup(notices=notices, model=model, parallel=pcfg)

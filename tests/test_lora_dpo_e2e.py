@@ -42,14 +42,16 @@ def _write_data_json(template, d, train, val, cache, out):
     (d / out).write_text(json.dumps(cfg))
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
+def build_tiny(d, model_json=MODEL_JSON, converter="Qwen2VLConverter", llm_layers=2, vit_layers=2):
+    """In `d`: a random tiny HF checkpoint of `model_json` (hf/), its mm-convert conversion (mm/),
+    the colour preference set (pref/) with data_dpo.json, and the same pictures as SFT samples
+    (data_sft.json). Shared with the other families' end-to-end tests."""
     py = sys.executable
-    sh([py, "-m", "mindspeed_ms.tools.make_tiny_checkpoint", str(d / "hf"), "--seed", "1234"], cwd=d)
-    sh([py, "-m", "mindspeed_ms.checkpoint.cli", "Qwen2VLConverter", "hf_to_mm", "--cfg.mm_dir", str(d / "mm"),
-        "--cfg.hf_config.hf_dir", str(d / "hf"), "--cfg.parallel_config.llm_pp_layers", "[[2]]",
-        "--cfg.parallel_config.vit_pp_layers", "[[2]]", "--cfg.parallel_config.tp_size", "1"], cwd=d)
+    sh([py, "-m", "mindspeed_ms.tools.make_tiny_checkpoint", str(d / "hf"), "--mm-model", model_json,
+        "--seed", "1234"], cwd=d)
+    sh([py, "-m", "mindspeed_ms.checkpoint.cli", converter, "hf_to_mm", "--cfg.mm_dir", str(d / "mm"),
+        "--cfg.hf_config.hf_dir", str(d / "hf"), "--cfg.parallel_config.llm_pp_layers", f"[[{llm_layers}]]",
+        "--cfg.parallel_config.vit_pp_layers", f"[[{vit_layers}]]", "--cfg.parallel_config.tp_size", "1"], cwd=d)
     sh([py, "-m", "mindspeed_ms.rl.make_preference_dataset", str(d / "pref"), "--train", "16", "--val", "4"], cwd=d)
     _write_data_json("data_tiny_dpo.json", d, "train.json", "val.json", "cache_dpo", "data_dpo.json")
     # the same pictures as SFT samples (the right colour as the answer): one image size, one graph
@@ -59,6 +61,11 @@ def tiny(tmp_path_factory):
         (d / "pref" / f"{split}_sft.json").write_text(json.dumps(sft))
     _write_data_json("data_tiny.json", d, "train_sft.json", "val_sft.json", "cache_sft", "data_sft.json")
     return d
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny(tmp_path_factory.mktemp("tiny"))
 
 
 COMMON = ("--micro-batch-size 2 --global-batch-size 4 --seq-length 128 --lr-decay-style constant --weight-decay 0 "

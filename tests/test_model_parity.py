@@ -8,11 +8,11 @@ import mindspore as ms
 from mindspore import Tensor
 
 from helpers.hf_tiny import load_hf_reference, make_tiny_hf_checkpoint
+from helpers.parity import (PATCH_DIM, build_inputs, eager_and_graph, fuse_llm_qkv, fuse_vit_qkv, hf_forward, rel,
+                            vision_block)
 from mindspeed_ms.config.param_shapes import mm_param_shapes
 from mindspeed_ms.models.qwen2vl import Qwen2VLForConditionalGeneration
 from mindspeed_ms.models.qwen2vl.model import CONTRACT_KEYS
-
-PATCH_DIM = 3 * 2 * 14 * 14
 
 
 @pytest.fixture(scope="module", params=["tied", "untied"])
@@ -26,13 +26,11 @@ def pair(request, tmp_path_factory):
 
 
 def _block(cfg, kind, grid):
-    pad = cfg.image_token_id if kind == "i" else cfg.video_token_id
-    t, h, w = grid
-    return [cfg.vision_start_token_id] + [pad] * (t * h * w // 4) + [cfg.vision_end_token_id]
+    return vision_block(cfg, kind, grid)
 
 
 def _case(cfg, name, rng):
-    """(samples as lists of parts, padding side). Parts: int = that many text tokens, ('i'|'v', grid)."""
+    """HF-style inputs of a named case (helpers/parity.build_inputs describes the parts)."""
     cases = {
         "one_image": ([[5, ("i", (1, 4, 6)), 9]], "right"),
         "two_images": ([[3, ("i", (1, 4, 4)), 4, ("i", (1, 6, 2)), 6]], "right"),
@@ -44,39 +42,10 @@ def _case(cfg, name, rng):
                                [6, ("i", (1, 2, 4)), 3, ("v", (2, 2, 4)), 1]], "left"),
     }
     samples, side = cases[name]
-    seqs, img_grids, vid_grids = [], [], []
-    for parts in samples:
-        toks = []
-        for p in parts:
-            if isinstance(p, int):
-                toks += rng.integers(0, 900, p).tolist()
-            else:
-                toks += _block(cfg, *p)
-                (img_grids if p[0] == "i" else vid_grids).append(p[1])
-        seqs.append(toks)
-    s = max(len(x) for x in seqs)
-    ids = np.zeros((len(seqs), s), np.int64)
-    mask = np.zeros((len(seqs), s), np.int64)
-    for i, x in enumerate(seqs):
-        sl = slice(s - len(x), s) if side == "left" else slice(0, len(x))
-        ids[i, sl], mask[i, sl] = x, 1
-    labels = np.where(mask == 1, ids, -100)
-    labels[:, : s // 3] = -100  # a prompt part without loss
-    inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-    if img_grids:
-        g = np.array(img_grids)
-        inputs["image_grid_thw"] = g
-        inputs["pixel_values"] = rng.standard_normal((int(g.prod(1).sum()), PATCH_DIM)).astype(np.float32)
-    if vid_grids:
-        g = np.array(vid_grids)
-        inputs["video_grid_thw"] = g
-        inputs["pixel_values_videos"] = rng.standard_normal((int(g.prod(1).sum()), PATCH_DIM)).astype(np.float32)
-    return inputs
+    return build_inputs(cfg, samples, side, rng)
 
 
-def _hf(hf, inputs, grad=False):
-    with torch.set_grad_enabled(grad):
-        return hf(**{k: torch.tensor(v) for k, v in inputs.items()})
+_hf = hf_forward
 
 
 CASES = ["one_image", "two_images", "video_4_frames", "text_only", "batch_left_pad", "batch_right_pad",
@@ -98,19 +67,7 @@ def test_logits_and_loss_match_hf(pair, case):
         np.testing.assert_array_equal(out.rope_deltas, ref.rope_deltas.numpy())
 
 
-def _fuse_llm_qkv(q, k, v, groups):
-    """Interleave per kv group: [q_g0, k_g0, v_g0, q_g1, ...] (independent of mindspeed_ms.checkpoint)."""
-    qs, ks, vs = np.split(q, groups), np.split(k, groups), np.split(v, groups)
-    return np.concatenate([np.concatenate(t) for t in zip(qs, ks, vs)])
-
-
-def _fuse_vit_qkv(qkv, heads):
-    q, k, v = np.split(qkv, 3)
-    return np.concatenate([np.concatenate(t) for t in zip(np.split(q, heads), np.split(k, heads), np.split(v, heads))])
-
-
-def _rel(a, b):
-    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-12)
+_fuse_llm_qkv, _fuse_vit_qkv, _rel = fuse_llm_qkv, fuse_vit_qkv, rel
 
 
 def test_gradients_match_torch_autograd(pair):
@@ -164,12 +121,7 @@ def test_graph_mode_equals_pynative(pair):
     inputs = _case(hf.config, "batch_mixed_video", np.random.default_rng(3))
     batch, _ = model.prepare_batch(**inputs)
     args = [Tensor(batch[k]) for k in CONTRACT_KEYS[:9 if preset == "tied" else 8]]
-    eager = model(*args)
-    ms.set_context(mode=ms.GRAPH_MODE)
-    try:
-        graph = model(*args)
-    finally:
-        ms.set_context(mode=ms.PYNATIVE_MODE)
+    eager, graph = eager_and_graph(model, args)
     if preset == "tied":
         assert abs(float(graph[0].asnumpy()) - float(eager[0].asnumpy())) <= 1e-6
         graph, eager = graph[1], eager[1]

@@ -3,6 +3,7 @@ messages naming the numbers; the shipped script layouts pass."""
 import copy
 import json
 import os
+import re
 
 import pytest
 
@@ -98,10 +99,12 @@ def test_list_length_must_match_pp_and_vpp():
                                   "global_batch_size": 12}, c, 8)
 
 
-def test_pipeline_needs_enough_micro_batches():
+def test_pipeline_with_fewer_micro_batches_than_stages_is_padded():
     cfg = load_model_json(os.path.join(EX, "model_7b.json"))
-    with pytest.raises(ParallelConfigError, match=r"2 micro-batches per step.*fewer than the 4 pipeline stages"):
-        validate_parallel_config({"pipeline_model_parallel_size": 4, "global_batch_size": 4}, cfg, 8)
+    c = validate_parallel_config({"pipeline_model_parallel_size": 4, "global_batch_size": 4}, cfg, 8)
+    assert (c.num_micro_batches, c.pipeline_micro_batches) == (2, 4)
+    assert any(re.search(r"2 micro-batch\(es\) per step.*fewer than the 4 pipeline stages.*2 empty", n)
+               for n in c.notices)
 
 
 def test_empty_stage_rejected():

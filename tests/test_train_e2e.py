@@ -88,6 +88,17 @@ def test_dp2_msrun_equals_single_process_and_converts_to_hf(work):
         assert abs(a[it] - b[it]) <= 1e-5, (it, a[it], b[it])
     assert a[5] < a[1]
     assert "graph compilations: 1 training step(s)" in single.stdout
+    # under msrun (no TTY): the logging rank's progress lines, Megatron's fields first on the iteration
+    # line, and rank 0's Megatron memory line
+    sys.path.insert(0, HERE)
+    from test_train_log_lines import MEGATRON_LINE, MEMORY_LINE
+    lines = dp.stdout.splitlines()
+    its = [l for l in lines if "elapsed time per iteration" in l]
+    assert len(its) == 5 and all(MEGATRON_LINE.search(l) and " | throughput: " in l for l in its), its
+    assert len([l for l in lines if " progress: [" in l]) == 5
+    worker_logs = "".join(open(os.path.join(work, "msrun_log", f)).read() for f in os.listdir(f"{work}/msrun_log"))
+    mem = [MEMORY_LINE.match(l.strip()) for l in worker_logs.splitlines() if "memory (MB)" in l]
+    assert len(mem) == 1 and mem[0] and mem[0][1] == "0", mem
 
     # the trained checkpoint -> HF -> our from_pretrained and transformers, with the trained weights
     from mindspeed_ms.training.checkpointing import load_checkpoint

@@ -1,4 +1,5 @@
-"""`mm-convert`: the MindSpeed-MM checkpoint converter command line.
+"""`mm-convert`: the MindSpeed-MM checkpoint converter command line, one converter per model
+family (Qwen2VLConverter, Qwen2_5_VLConverter; models/registry.py), with the same actions:
 
     mm-convert Qwen2VLConverter hf_to_mm --cfg.mm_dir DIR --cfg.hf_config.hf_dir DIR \
         --cfg.parallel_config.llm_pp_layers [[1,10,10,7]] --cfg.parallel_config.vit_pp_layers [[32,0,0,0]] \
@@ -40,15 +41,10 @@ def _parallel(p, prefix, form, required=True):
     p.add_argument(f"--cfg.{prefix}.tp_size", type=int, default=1, help=_TP_HELP)
 
 
-def build_parser() -> ArgumentParser:
-    root = ArgumentParser(prog="mm-convert", description=(
-        "Convert Qwen2-VL checkpoints between Hugging Face format and MindSpeed-MM's layout "
-        "(release/mp_rank_XX[_YYY]/model_optim_rng.pt), and re-split MindSpeed-MM checkpoints to "
-        "another tensor/pipeline layout. Works without torch; streams tensor by tensor."))
-    models = root.add_subcommands(dest="model", required=True)
-
-    conv = ArgumentParser(description="Qwen2-VL (2B/7B/72B) converter")
-    models.add_subcommand("Qwen2VLConverter", conv, help="Qwen2-VL")
+def _add_converter(models, name, display):
+    # jsonargparse adds subcommand levels top down: the converter first, then its actions
+    conv = ArgumentParser(description=f"{display} converter")
+    models.add_subcommand(name, conv, help=display)
     actions = conv.add_subcommands(dest="action", required=True)
 
     h = ArgumentParser(description="Hugging Face safetensors -> MindSpeed-MM checkpoint (tag 'release').")
@@ -84,28 +80,41 @@ def build_parser() -> ArgumentParser:
                    help=_FMT_HELP + "; default: the source's format")
     r.add_argument("--cfg.progress", type=bool, default=True, help="show progress bars")
     actions.add_subcommand("resplit", r, help="re-split TP/PP/VPP of a MindSpeed-MM checkpoint")
+
+
+def build_parser() -> ArgumentParser:
+    from mindspeed_ms.models.registry import FAMILIES
+    root = ArgumentParser(prog="mm-convert", description=(
+        "Convert Qwen2-VL / Qwen2.5-VL checkpoints between Hugging Face format and MindSpeed-MM's layout "
+        "(release/mp_rank_XX[_YYY]/model_optim_rng.pt), and re-split MindSpeed-MM checkpoints to "
+        "another tensor/pipeline layout. Works without torch; streams tensor by tensor."))
+    models = root.add_subcommands(dest="model", required=True)
+    for fam in FAMILIES:  # one converter per model family (models/registry.py)
+        _add_converter(models, fam.converter, fam.display)
     return root
 
 
 def run(argv=None):
+    from mindspeed_ms.models.registry import family_for_converter
     args = build_parser().parse_args(argv)
-    conv = args.Qwen2VLConverter
+    model_type = family_for_converter(args.model).hf_model_type
+    conv = args[args.model]
     action = conv.action
     c = conv[action].cfg
     if action == "hf_to_mm":
         pc = c.parallel_config
         return hf_to_mm(c.hf_config.hf_dir, c.mm_dir, pc.llm_pp_layers, pc.vit_pp_layers, pc.tp_size,
-                        fmt=c.ckpt_format, progress=c.progress)
+                        fmt=c.ckpt_format, progress=c.progress, model_type=model_type)
     if action == "mm_to_hf":
         pc = c.parallel_config
         given = pc.llm_pp_layers is not None or pc.vit_pp_layers is not None
         return mm_to_hf(c.mm_dir, c.hf_config.hf_dir, c.save_hf_dir, pc.llm_pp_layers, pc.vit_pp_layers,
-                         pc.tp_size if given else None, progress=c.progress)
+                         pc.tp_size if given else None, progress=c.progress, model_type=model_type)
     s, t = c.source_parallel_config, c.target_parallel_config
     given = s.llm_pp_layers is not None or s.vit_pp_layers is not None
     return resplit(c.source_dir, c.target_dir, t.llm_pp_layers, t.vit_pp_layers, t.tp_size,
                    s.llm_pp_layers, s.vit_pp_layers, s.tp_size if given else None,
-                   hf_dir=c.hf_config.hf_dir, fmt=c.ckpt_format, progress=c.progress)
+                   hf_dir=c.hf_config.hf_dir, fmt=c.ckpt_format, progress=c.progress, model_type=model_type)
 
 
 def main(argv=None):

@@ -1,4 +1,6 @@
-"""Qwen2-VL checkpoint conversions: hf_to_mm, mm_to_hf, resplit (the engine behind `mm-convert`).
+"""Checkpoint conversions of every model family: hf_to_mm, mm_to_hf, resplit (the engine behind
+`mm-convert`). The family's names, fusions and TP rules (`names.CheckpointScheme`) come from the HF
+config.json's model_type, or for resplit from the converter named on the command line.
 
 All three stream: HF safetensors and MM rank files are memory-mapped, tensors are fused, split and
 written one rank file (or one HF shard) at a time, so peak memory stays near one output file plus the
@@ -13,7 +15,7 @@ from .hf_io import (SINGLE_FILE, CheckpointError, HFCheckpoint, copy_hf_side_fil
                     write_hf_index)
 from .mm_io import MMCheckpointReader, write_mm_checkpoint
 from .names import (MM_OUTPUT, ConversionError, Dims, _FUSE, _UNFUSE, check_fusion_shapes, hf_entry_for_mm,
-                    normalize_hf_name, plan_from_hf_names)
+                    normalize_hf_name, plan_from_hf_names, scheme_for_model_type)
 from .pp_split import LayoutError, ParallelLayout
 from .safetensors_io import save_safetensors
 
@@ -36,14 +38,23 @@ class _HFAsMM:
         return _FUSE[e.kind](*arrays, self.dims)
 
 
-def hf_to_mm(hf_dir, mm_dir, llm_pp_layers, vit_pp_layers, tp_size=1, fmt="pt", progress=True):
-    """HF Qwen2-VL directory -> MindSpeed-MM `release` checkpoint in `mm_dir` with the given layout."""
+def _check_family(dims, model_type, hf_dir):
+    if model_type is not None and dims.model_type != model_type:
+        raise ConversionError(f"{hf_dir} holds a '{dims.model_type}' model (config.json model_type) but the "
+                              f"converter is for '{model_type}': use the converter of that model")
+
+
+def hf_to_mm(hf_dir, mm_dir, llm_pp_layers, vit_pp_layers, tp_size=1, fmt="pt", progress=True, model_type=None):
+    """HF directory -> MindSpeed-MM `release` checkpoint in `mm_dir` with the given layout
+    (`model_type`: the converter's family, checked against config.json; None = any)."""
     ckpt = HFCheckpoint(hf_dir)
     dims = Dims.from_hf_config(ckpt.config)
+    _check_family(dims, model_type, hf_dir)
     layout = ParallelLayout.build(tp_size, llm_pp_layers, vit_pp_layers)
     layout.validate(dims)
     source = _HFAsMM(ckpt, dims)
-    return write_mm_checkpoint(mm_dir, "release", source, layout, fmt=fmt, progress=progress)
+    return write_mm_checkpoint(mm_dir, "release", source, layout, fmt=fmt, progress=progress,
+                               tp_rules=scheme_for_model_type(dims.model_type).tp_rules)
 
 
 def _check_given_layout(reader, tp_size, llm_pp_layers, vit_pp_layers, what):
@@ -97,12 +108,13 @@ class _AtomicDir:
 
 
 def mm_to_hf(mm_dir, hf_dir, save_hf_dir, llm_pp_layers=None, vit_pp_layers=None, tp_size=None,
-             tag=None, progress=True):
+             tag=None, progress=True, model_type=None):
     """MM checkpoint -> HF directory `save_hf_dir`: shards follow `hf_dir`'s index (or one file), the
     other files of `hf_dir` (config, tokenizer, processor) are copied, tensor dtypes are kept."""
     src = HFCheckpoint(hf_dir)
     dims = Dims.from_hf_config(src.config)
-    reader = MMCheckpointReader(mm_dir, tag)
+    _check_family(dims, model_type, hf_dir)
+    reader = MMCheckpointReader(mm_dir, tag, scheme_for_model_type(dims.model_type).tp_rules)
     _check_given_layout(reader, tp_size, llm_pp_layers, vit_pp_layers, "--cfg.parallel_config")
     if os.path.abspath(str(save_hf_dir)) == os.path.abspath(str(hf_dir)):
         raise CheckpointError(f"save_hf_dir {save_hf_dir} is the source hf_dir: choose another directory")
@@ -111,7 +123,7 @@ def mm_to_hf(mm_dir, hf_dir, save_hf_dir, llm_pp_layers=None, vit_pp_layers=None
     # Which MM tensor each HF tensor comes from, and which part of its unfusion it is.
     source_of = {}
     for mm in reader.keys():
-        e = hf_entry_for_mm(mm)
+        e = hf_entry_for_mm(mm, dims)
         if mm == MM_OUTPUT and "lm_head.weight" not in by_norm:
             continue  # tied model: the head is the embedding (a pipeline copy is not written back)
         for i, h in enumerate(e.hf):
@@ -133,7 +145,7 @@ def mm_to_hf(mm_dir, hf_dir, save_hf_dir, llm_pp_layers=None, vit_pp_layers=None
         mm, i = source_of[norm_name]
         key = (mm, i)
         if key not in cache:
-            e = hf_entry_for_mm(mm)
+            e = hf_entry_for_mm(mm, dims)
             arr = reader.get(mm)
             for j, part in enumerate(_UNFUSE[e.kind](arr, dims)):
                 cache[(mm, j)] = part
@@ -168,12 +180,14 @@ def mm_to_hf(mm_dir, hf_dir, save_hf_dir, llm_pp_layers=None, vit_pp_layers=None
 
 def resplit(source_dir, target_dir, target_llm_pp_layers, target_vit_pp_layers, target_tp_size=1,
             source_llm_pp_layers=None, source_vit_pp_layers=None, source_tp_size=None, hf_dir=None,
-            fmt=None, tag=None, progress=True):
+            fmt=None, tag=None, progress=True, model_type="qwen2_vl"):
     """MM -> MM with another TP/PP/VPP layout, working on MM names directly (no HF round trip).
 
     Only the model is carried over (optimizer state is layout-specific). With `hf_dir`, its config.json
-    is used for the kv-head checks and to drop a tied model's pipeline copy of the head at target pp 1."""
-    reader = MMCheckpointReader(source_dir, tag)
+    is used for the kv-head checks and to drop a tied model's pipeline copy of the head at target pp 1.
+    `model_type`: the family (HF model_type) whose TP rules apply; `hf_dir`'s config must agree."""
+    tp_rules = scheme_for_model_type(model_type).tp_rules
+    reader = MMCheckpointReader(source_dir, tag, tp_rules)
     _check_given_layout(reader, source_tp_size, source_llm_pp_layers, source_vit_pp_layers,
                         "--cfg.source_parallel_config")
     target = ParallelLayout.build(target_tp_size, target_llm_pp_layers, target_vit_pp_layers)
@@ -183,12 +197,14 @@ def resplit(source_dir, target_dir, target_llm_pp_layers, target_vit_pp_layers, 
     if hf_dir is not None:
         cfg = HFCheckpoint(hf_dir).config
         dims = Dims.from_hf_config(cfg)
+        _check_family(dims, model_type, hf_dir)
         target.validate(dims)
         if dims.tie and target.pp == 1 and MM_OUTPUT in reader:
             source = _Without(reader, MM_OUTPUT)
     if os.path.abspath(str(source_dir)) == os.path.abspath(str(target_dir)):
         raise LayoutError("resplit target_dir must differ from source_dir (the source is read while writing)")
-    return write_mm_checkpoint(target_dir, reader.tag, source, target, fmt=fmt or reader.fmt, progress=progress)
+    return write_mm_checkpoint(target_dir, reader.tag, source, target, fmt=fmt or reader.fmt, progress=progress,
+                               tp_rules=tp_rules)
 
 
 class _Without:

@@ -73,8 +73,9 @@ def _own(part, whole):
     return part
 
 
-def split_for_rank(mm_sd, tp_rank: int, pp_rank: int, layout: ParallelLayout) -> dict:
-    """The model part of rank (tp_rank, pp_rank)'s file: {"model": sd} or {"model0": ..., ...}."""
+def split_for_rank(mm_sd, tp_rank: int, pp_rank: int, layout: ParallelLayout, tp_rules=None) -> dict:
+    """The model part of rank (tp_rank, pp_rank)'s file: {"model": sd} or {"model0": ..., ...}.
+    `tp_rules`: the family's TP split rules (`CheckpointScheme.tp_rules`; None = Qwen2-VL's)."""
     if not (0 <= tp_rank < layout.tp and 0 <= pp_rank < layout.pp):
         raise ValueError(f"rank (tp {tp_rank}, pp {pp_rank}) is outside tp_size {layout.tp} x pp {layout.pp}")
     out = {}
@@ -82,16 +83,16 @@ def split_for_rank(mm_sd, tp_rank: int, pp_rank: int, layout: ParallelLayout) ->
         sd = {}
         for src, local in items:
             whole = _get(mm_sd, src)
-            sd[local] = _own(split_tp(local, whole, layout.tp, tp_rank), whole)
+            sd[local] = _own(split_tp(local, whole, layout.tp, tp_rank, tp_rules), whole)
         out[key] = sd
     return out
 
 
-def rank_shapes(shapes: dict, tp_rank: int, pp_rank: int, layout: ParallelLayout) -> dict:
+def rank_shapes(shapes: dict, tp_rank: int, pp_rank: int, layout: ParallelLayout, tp_rules=None) -> dict:
     """`split_for_rank` on shapes: {name: shape} of the merged model -> same structure as the file."""
     out = {}
     for key, items in _rank_plan(shapes.keys(), layout, pp_rank):
-        out[key] = {local: tp_shape(local, shapes[src], layout.tp) for src, local in items}
+        out[key] = {local: tp_shape(local, shapes[src], layout.tp, tp_rules) for src, local in items}
     return out
 
 
@@ -157,7 +158,7 @@ def _check_fmt(fmt):
 
 
 def write_mm_checkpoint(root, tag, mm_sd, layout: ParallelLayout, fmt="pt", extra_per_rank=None,
-                        progress=False, update_latest=True):
+                        progress=False, update_latest=True, tp_rules=None):
     """Write `mm_sd` (merged tp1/pp1 names) as rank files of `layout` under `root`; see module doc."""
     fmt = _check_fmt(fmt)
     names = _keys(mm_sd)
@@ -171,7 +172,7 @@ def write_mm_checkpoint(root, tag, mm_sd, layout: ParallelLayout, fmt="pt", extr
     with AtomicTagDir(root, tag, update_latest) as tmp:
         for pp_rank in range(layout.pp):
             for tp_rank in range(layout.tp):
-                part = split_for_rank(mm_sd, tp_rank, pp_rank, layout)
+                part = split_for_rank(mm_sd, tp_rank, pp_rank, layout, tp_rules)
                 if callable(extra_per_rank):
                     extra = extra_per_rank(tp_rank, pp_rank)
                 else:
@@ -195,8 +196,9 @@ _CHUNK_KEY = re.compile(r"model(\d*)\Z")
 class MMCheckpointReader:
     """Lazy merged view of a MindSpeed-MM checkpoint directory (layout deduced from the files)."""
 
-    def __init__(self, root, tag=None):
+    def __init__(self, root, tag=None, tp_rules=None):
         self.root = str(root)
+        self.tp_rules = tp_rules  # the family's TP split rules (None = Qwen2-VL's)
         self.tag = latest_tag(self.root) if tag is None else tag
         self.dir = os.path.join(self.root, tag_dir_name(self.tag))
         if not os.path.isdir(self.dir):
@@ -303,11 +305,11 @@ class MMCheckpointReader:
         if name not in self._index:
             raise KeyError(f"{name} is not in the checkpoint {self.dir}")
         local, parts = self._parts(name)
-        return merge_tp(local, parts)
+        return merge_tp(local, parts, self.tp_rules)
 
     def shape(self, name):
         local, parts = self._parts(name)
-        return merge_tp(local, [np.empty(x.shape, np.bool_) for x in parts]).shape
+        return merge_tp(local, [np.empty(x.shape, np.bool_) for x in parts], self.tp_rules).shape
 
 
 class _Prefixed:
@@ -324,9 +326,14 @@ class _Prefixed:
         return self.f.get(self.prefix + name)
 
 
-def read_mm_checkpoint(root, tag=None, hf_config=None):
-    """(merged tp1/pp1 MM state dict, reader); see the module docstring."""
-    reader = MMCheckpointReader(root, tag)
-    drop_output = hf_config is not None and Dims.from_hf_config(hf_config).tie
+def read_mm_checkpoint(root, tag=None, hf_config=None, tp_rules=None):
+    """(merged tp1/pp1 MM state dict, reader); see the module docstring. The TP rules are the
+    family's of `hf_config` when given, else `tp_rules` (None = Qwen2-VL's)."""
+    dims = Dims.from_hf_config(hf_config) if hf_config is not None else None
+    if dims is not None:
+        from .names import scheme_for_model_type
+        tp_rules = scheme_for_model_type(dims.model_type).tp_rules
+    reader = MMCheckpointReader(root, tag, tp_rules)
+    drop_output = dims is not None and dims.tie
     sd = {k: reader.get(k) for k in reader.keys() if not (drop_output and k == MM_OUTPUT)}
     return sd, reader

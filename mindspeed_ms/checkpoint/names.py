@@ -13,7 +13,7 @@ of one output at a time from any mapping-like source (a dict, or a lazy `HFCheck
 object with `get`), so a converter can stream a model larger than memory.
 """
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -36,6 +36,8 @@ class Dims:
     vit_layers: int
     vit_dim: int
     vit_heads: int
+    # HF model_type: which family's names and fusions apply (models/registry.py)
+    model_type: str = "qwen2_vl"
 
     @property
     def vit_head_dim(self):
@@ -64,10 +66,12 @@ class Dims:
         vision = cfg.get("vision_config")
         if not isinstance(vision, dict):
             raise ConversionError("config.json has no 'vision_config' object: not a Qwen2-VL config")
+        model_type = cfg.get("model_type", "qwen2_vl")
+        vit_dim_key = scheme_for_model_type(model_type).vit_dim_key
         hidden = int(get("hidden_size"))
         heads = int(get("num_attention_heads"))
         kv = int(get("num_key_value_heads", heads))
-        for key in ("depth", "embed_dim", "num_heads"):
+        for key in ("depth", vit_dim_key, "num_heads"):
             if key not in vision:
                 raise ConversionError(f"config.json vision_config has no '{key}'")
         if heads % kv:
@@ -77,8 +81,8 @@ class Dims:
         return cls(llm_layers=int(get("num_hidden_layers")), hidden=hidden, heads=heads, kv_heads=kv,
                    head_dim=int(get("head_dim", hidden // heads)), ffn=int(get("intermediate_size")),
                    vocab=int(get("vocab_size")), tie=bool(tie),
-                   vit_layers=int(vision["depth"]), vit_dim=int(vision["embed_dim"]),
-                   vit_heads=int(vision["num_heads"]))
+                   vit_layers=int(vision["depth"]), vit_dim=int(vision[vit_dim_key]),
+                   vit_heads=int(vision["num_heads"]), model_type=model_type)
 
 
 # ---- fusions (each with its exact inverse) ------------------------------------------------------
@@ -169,8 +173,45 @@ def _regex(fmt):
     return re.compile(out + r"\Z")
 
 
-_HF_RULES = [(_regex(src), mm, srcs, kind) for mm, srcs, kind in _TABLE for src in srcs]
-_MM_RULES = [(_regex(mm), mm, srcs, kind) for mm, srcs, kind in _TABLE]
+@dataclass(frozen=True)
+class CheckpointScheme:
+    """One family's checkpoint names: the HF <-> MM table, the TP split rules
+    (checkpoint/tp_split.py) and the vision_config key of the ViT width."""
+    name: str
+    table: tuple
+    tp_rules: tuple
+    vit_dim_key: str = "embed_dim"
+    hf_rules: list = field(init=False, compare=False, repr=False)
+    mm_rules: list = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "hf_rules", [(_regex(src), mm, srcs, kind) for mm, srcs, kind in self.table
+                                              for src in srcs])
+        object.__setattr__(self, "mm_rules", [(_regex(mm), mm, srcs, kind) for mm, srcs, kind in self.table])
+
+
+def _qwen2vl_tp_rules():
+    from .tp_split import QWEN2VL_TP_RULES
+    return QWEN2VL_TP_RULES
+
+
+QWEN2VL_SCHEME = CheckpointScheme("qwen2vl", tuple(_TABLE), tuple(_qwen2vl_tp_rules()))
+
+
+def scheme_for_model_type(model_type):
+    """The checkpoint scheme of an HF model_type (a ConversionError names the known ones)."""
+    if model_type == "qwen2_vl":
+        return QWEN2VL_SCHEME
+    from mindspeed_ms.config.model_config import ModelConfigError
+    from mindspeed_ms.models.registry import family_for_hf_model_type
+    try:
+        return family_for_hf_model_type(model_type, "config.json").checkpoint_scheme()
+    except ModelConfigError as e:
+        raise ConversionError(str(e)) from None
+
+
+def _scheme(dims):
+    return QWEN2VL_SCHEME if dims is None else scheme_for_model_type(dims.model_type)
 
 # Newer transformers save the inner modules under model.language_model / model.visual.
 _HF_ALIASES = (("model.language_model.", "model."), ("model.visual.", "visual."))
@@ -214,8 +255,9 @@ def plan_from_hf_names(hf_names, dims: Dims, add_tied_output=False):
     need `output_layer.weight` on the last stage, so it is planned as a copy of the embedding."""
     by_mm = {}
     given = {normalize_hf_name(n): n for n in hf_names}
+    scheme = _scheme(dims)
     for name in given:
-        for rx, mm_fmt, srcs, kind in _HF_RULES:
+        for rx, mm_fmt, srcs, kind in scheme.hf_rules:
             m = rx.match(name)
             if m:
                 g = m.groupdict()
@@ -224,7 +266,7 @@ def plan_from_hf_names(hf_names, dims: Dims, add_tied_output=False):
                     by_mm[mm] = Entry(mm, tuple(_fill(s, g) for s in srcs), kind)
                 break
         else:
-            raise ConversionError(f"HF tensor {name!r} is not a Qwen2-VL parameter this converter knows")
+            raise ConversionError(f"HF tensor {name!r} is not a {scheme.name} parameter this converter knows")
     for e in by_mm.values():
         missing = [s for s in e.hf if s not in given]
         if missing:
@@ -237,13 +279,15 @@ def plan_from_hf_names(hf_names, dims: Dims, add_tied_output=False):
     return sorted(by_mm.values(), key=lambda e: mm_sort_key(e.mm))
 
 
-def hf_entry_for_mm(mm_name: str) -> Entry:
-    for rx, mm_fmt, srcs, kind in _MM_RULES:
+def hf_entry_for_mm(mm_name: str, dims: Dims = None) -> Entry:
+    """The HF sources of an MM tensor under `dims`' family (default Qwen2-VL)."""
+    scheme = _scheme(dims)
+    for rx, mm_fmt, srcs, kind in scheme.mm_rules:
         m = rx.match(mm_name)
         if m:
             g = m.groupdict()
             return Entry(mm_name, tuple(_fill(s, g) for s in srcs), kind)
-    raise ConversionError(f"MM tensor {mm_name!r} is not a Qwen2-VL parameter this converter knows")
+    raise ConversionError(f"MM tensor {mm_name!r} is not a {scheme.name} parameter this converter knows")
 
 
 def _get(src, name):
@@ -299,7 +343,7 @@ def iter_mm_to_hf(mm_sd, hf_config: dict, keep_lm_head=None):
         keep_lm_head = not dims.tie
     names = sorted(mm_sd.keys(), key=mm_sort_key)
     for name in names:
-        e = hf_entry_for_mm(name)
+        e = hf_entry_for_mm(name, dims)
         if name == MM_OUTPUT and not keep_lm_head:
             continue
         arr = _get(mm_sd, name)

@@ -115,6 +115,7 @@ class DataConfig:
     dataloader_param: DataloaderParam
     dataset_type: str = "huggingface"
     path: Optional[str] = None  # the data.json this came from (for messages)
+    present: frozenset = frozenset()  # dotted keys the file has ("dataset_param.basic_parameters.packing")
 
     @property
     def datasets(self):
@@ -129,6 +130,7 @@ TEMPLATES = ("qwen2vl", "qwen2_vl")
 COLLATORS = ("qwen2vl", "qwen2vl_dpo")
 SAMPLERS = ("stateful_distributed_sampler", "BaseRandomBatchSampler", "LengthGroupedSampler",
             "BucketBatchSampler", "SequentialSampler")
+DATALOADER_MODES = ("base", "sampler", "variable")
 # the sampler types that group by sample length (they need the preprocessed lengths)
 LENGTH_SAMPLERS = ("LengthGroupedSampler", "BucketBatchSampler")
 
@@ -206,11 +208,82 @@ def parse_data_config(obj, path="<data.json>"):
                                     nested={"collate_param": CollateParam}),
             dataset_type=dp.get("dataset_type", "huggingface"),
             path=path,
+            present=frozenset(_dotted(obj)),
         )
+        _resolution_as_max_pixels(cfg)
         _check_values(cfg)
     except DataConfigError as e:
         raise DataConfigError(f"{path}: {e}") from None
     return cfg
+
+
+def _dotted(obj, prefix=""):
+    for k, v in obj.items():
+        if isinstance(v, dict):
+            yield from _dotted(v, f"{prefix}{k}.")
+        yield prefix + k
+
+
+# Keys accepted (MindSpeed-MM's files carry them) that do nothing here: dotted key -> (applies(value,
+# present keys), why). `applies` says when the notice is due (a value that asks for what we do anyway
+# is not a difference).
+_ALWAYS = lambda v, present: True  # noqa: E731
+_TRUE = lambda v, present: bool(v)  # noqa: E731
+_SET = lambda v, present: v is not None  # noqa: E731
+_PRE = "dataset_param.preprocess_parameters."
+NO_EFFECT_KEYS = {
+    # 2.0.0's name for the pixel cap (its plugin downsizes images above it): read as image_max_pixels
+    # when the file has no image_max_pixels, ignored beside it (as 2.1.0+ ignore it)
+    _PRE + "image_resolution": (lambda v, present: _PRE + "image_max_pixels" in present,
+                                "image_max_pixels is given and sets the pixel cap, as in MindSpeed-MM 2.1.0+"),
+    _PRE + "video_resolution": (lambda v, present: _PRE + "video_max_pixels" in present,
+                                "video_max_pixels is given and sets the pixel cap, as in MindSpeed-MM 2.1.0+"),
+    "dataset_param.preprocess_parameters.image_do_pan_and_scan": (
+        _TRUE, "pan-and-scan crops belong to Gemma-3's image plugin; Qwen2-VL has none"),
+    "dataset_param.preprocess_parameters.crop_to_patches": (
+        _TRUE, "tiling into patches belongs to other models' plugins; Qwen2-VL resizes whole images"),
+    "dataset_param.preprocess_parameters.use_audio_in_video": (_TRUE, "Qwen2-VL has no audio input"),
+    "dataset_param.preprocess_parameters.audio_sampling_rate": (_ALWAYS, "Qwen2-VL has no audio input"),
+    "dataset_param.attr.audios": (_SET, "Qwen2-VL has no audio input; the column is not read"),
+    "dataset_param.basic_parameters.preprocessing_batch_size": (
+        _ALWAYS, "samples are preprocessed one at a time by an unbatched datasets.map; the result is the same"),
+    "dataset_param.basic_parameters.preprocess_on_fly": (
+        _TRUE, "samples are preprocessed once before training (and cached with cache_dir); the samples are the same"),
+    "dataset_param.basic_parameters.enable_thinking": (
+        _ALWAYS, "the qwen2vl template has no thinking block (as in MindSpeed-MM)"),
+    "dataset_param.basic_parameters.tool_format": (
+        _SET, "the qwen2vl template's own function/observation slots format tool turns"),
+    "dataloader_param.dataloader_mode": (
+        lambda v, present: v != "sampler", "batches always come from the Megatron-order sampler ('sampler' mode)"),
+    "dataloader_param.pin_memory": (_ALWAYS, "there is no torch DataLoader; batches go from numpy to MindSpore"),
+    "dataloader_param.group_by_length": (
+        _TRUE, "MindSpeed-MM's qwen2vl loader does not read it either; use sampler_type LengthGroupedSampler"),
+    "dataloader_param.batch_size": (_ALWAYS, "taken from --micro-batch-size, as MindSpeed-MM does"),
+    "dataloader_param.seed": (_ALWAYS, "taken from --seed, as MindSpeed-MM does"),
+}
+
+
+def no_effect_notices(cfg):
+    """One start-up line per key of the file that has no effect here (with the reason)."""
+    out = []
+    for key, (applies, why) in NO_EFFECT_KEYS.items():
+        if key not in cfg.present:
+            continue
+        obj = cfg
+        for part in key.split(".")[1:] if key.startswith("dataset_param.") else key.split("."):
+            obj = getattr(obj, part)
+        if applies(obj, cfg.present):
+            out.append(f"{cfg.path}: {key} = {json.dumps(obj)} has no effect here ({why})")
+    return out
+
+
+def _resolution_as_max_pixels(cfg):
+    """MindSpeed-MM 2.0.0's image_resolution / video_resolution: the pixel cap, later image_max_pixels /
+    video_max_pixels; a 2.0.0 file keeps its cap."""
+    p = cfg.preprocess_parameters
+    for kind in ("image", "video"):
+        if _PRE + f"{kind}_resolution" in cfg.present and _PRE + f"{kind}_max_pixels" not in cfg.present:
+            setattr(p, f"{kind}_max_pixels", getattr(p, f"{kind}_resolution"))
 
 
 def _check_values(cfg):
@@ -231,6 +304,9 @@ def _check_values(cfg):
     if a.ranking != (d.collate_param.model_name == "qwen2vl_dpo"):
         raise DataConfigError("attr.ranking and collate_param.model_name disagree: ranking data needs the "
                               "'qwen2vl_dpo' collator and the 'qwen2vl_dpo' collator needs attr.ranking: true")
+    if d.dataloader_mode not in DATALOADER_MODES:
+        raise DataConfigError(f"dataloader_param.dataloader_mode {d.dataloader_mode!r}: MindSpeed-MM's modes are "
+                              f"{', '.join(DATALOADER_MODES)}")
     if d.sampler_type not in SAMPLERS:
         raise DataConfigError(f"dataloader_param.sampler_type {d.sampler_type!r}: known samplers are {', '.join(SAMPLERS)}")
     if b.streaming and d.sampler_type in LENGTH_SAMPLERS:

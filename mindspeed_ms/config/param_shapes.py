@@ -8,20 +8,25 @@ PROJECTOR_PREFIX = "image_encoder.projector"
 TEXT_PREFIX = "text_decoder"
 
 
+def _norm_shapes(prefix, dim, normalization):
+    """LayerNorm has a weight and a bias, RMSNorm (Qwen2.5-VL's ViT and merger) a weight only."""
+    out = [(f"{prefix}.weight", (dim,))]
+    return out + ([(f"{prefix}.bias", (dim,))] if normalization == "LayerNorm" else [])
+
+
 def vision_layer_shapes(v, prefix):
     e, f = v.hidden_size, v.ffn_hidden_size
+    # the gated MLP (Qwen2.5-VL) holds concat(gate, up) in linear_fc1
+    f1 = 2 * f if getattr(v, "gated_linear_unit", False) else f
     qkv = 3 * v.num_attention_heads * v.kv_channels
-    return OrderedDict([
-        (f"{prefix}.input_layernorm.weight", (e,)),
-        (f"{prefix}.input_layernorm.bias", (e,)),
+    return OrderedDict(_norm_shapes(f"{prefix}.input_layernorm", e, v.normalization) + [
         (f"{prefix}.self_attention.linear_qkv.weight", (qkv, e)),
         (f"{prefix}.self_attention.linear_qkv.bias", (qkv,)),
         (f"{prefix}.self_attention.linear_proj.weight", (e, v.num_attention_heads * v.kv_channels)),
-        (f"{prefix}.self_attention.linear_proj.bias", (e,)),
-        (f"{prefix}.pre_mlp_layernorm.weight", (e,)),
-        (f"{prefix}.pre_mlp_layernorm.bias", (e,)),
-        (f"{prefix}.mlp.linear_fc1.weight", (f, e)),
-        (f"{prefix}.mlp.linear_fc1.bias", (f,)),
+        (f"{prefix}.self_attention.linear_proj.bias", (e,))] +
+        _norm_shapes(f"{prefix}.pre_mlp_layernorm", e, v.normalization) + [
+        (f"{prefix}.mlp.linear_fc1.weight", (f1, e)),
+        (f"{prefix}.mlp.linear_fc1.bias", (f1,)),
         (f"{prefix}.mlp.linear_fc2.weight", (e, f)),
         (f"{prefix}.mlp.linear_fc2.bias", (e,)),
     ])
@@ -49,8 +54,7 @@ def mm_param_shapes(cfg):
         v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
     for i in range(v.num_layers):
         shapes.update(vision_layer_shapes(v, f"{VISION_PREFIX}.blocks.layers.{i}"))
-    shapes[f"{PROJECTOR_PREFIX}.layernorm.weight"] = (p.input_size,)
-    shapes[f"{PROJECTOR_PREFIX}.layernorm.bias"] = (p.input_size,)
+    shapes.update(_norm_shapes(f"{PROJECTOR_PREFIX}.layernorm", p.input_size, p.normalization))
     merged = p.input_size * v.spatial_merge_size ** 2
     shapes[f"{PROJECTOR_PREFIX}.encoder.linear_fc1.weight"] = (p.ffn_hidden_size, merged)
     shapes[f"{PROJECTOR_PREFIX}.encoder.linear_fc1.bias"] = (p.ffn_hidden_size,)

@@ -58,8 +58,10 @@ class Qwen2VLCollator:
 
     def __init__(self, seq_length, pad_token_id=PAD_TOKEN_ID, buckets=None, padding_side="right",
                  ignore_pad_token_for_loss=True, pad_to_multiple_of=8, merge_size=2, patch_dim=PATCH_DIM,
-                 num_patches=None, vision_segments=None, dp_rank=None):
-        """Ascend-path options (off by default, as on CPU):
+                 num_patches=None, vision_segments=None, dp_rank=None, batch_layout=None):
+        """`batch_layout`: the model family's host-side layout (`models.<family>.batch`, e.g.
+        Qwen2.5-VL's window order and absolute-time positions); None = Qwen2-VL's with the released
+        token ids. Ascend-path options (off by default, as on CPU):
         - `num_patches`: a fixed patch-axis size instead of the patch buckets;
         - `vision_segments`: also emit `vision_cu_seqlens` [vision_segments] for the flash ViT;
         - `dp_rank`: this rank's vision keys made global (`inputs.offset_vision_inputs`) for semi-auto
@@ -81,6 +83,7 @@ class Qwen2VLCollator:
         if num_patches is not None and num_patches % (merge_size ** 2):
             raise ValueError(f"num_patches={num_patches} must be a multiple of merge_size^2={merge_size ** 2}")
         self.num_patches, self.vision_segments, self.dp_rank = num_patches, vision_segments, dp_rank
+        self.batch_layout = batch_layout
 
     def _pad(self, seqs, length, value):
         out = np.full((len(seqs), length), value, dtype=np.int32)
@@ -114,11 +117,23 @@ class Qwen2VLCollator:
         pixel_values = np.zeros((N, self.patch_dim), dtype=np.float32)
         pixel_values[:img_pv.shape[0]] = img_pv
         pixel_values[img_pv.shape[0]:real] = vid_pv
-        vis = build_vision_inputs(input_ids, img_grid, vid_grid, num_patches=N, spatial_merge_size=self.merge_size,
-                                  num_segments=self.vision_segments)
+        if self.batch_layout is not None:
+            vis = self.batch_layout.vision_inputs(input_ids, pixel_values, img_grid, vid_grid, N, self.vision_segments)
+            pixel_values = vis.pop("pixel_values")
+            seconds = None
+            if self.batch_layout.uses_video_seconds and len(vid_grid):
+                # seconds per temporal patch of each video, in batch order (Qwen2.5-VL's absolute time;
+                # a sample without them counts 1.0 per video, HF's default)
+                seconds = np.concatenate([np.ones(len(s["video_grid_thw"])) if s.get("second_per_grid_ts") is None
+                                          else np.asarray(s["second_per_grid_ts"], np.float64)
+                                          for s in samples if s.get("video_grid_thw") is not None and len(s["video_grid_thw"])])
+            position_ids, _ = self.batch_layout.position_ids(input_ids, img_grid, vid_grid, attention_mask, seconds)
+        else:
+            vis = build_vision_inputs(input_ids, img_grid, vid_grid, num_patches=N, spatial_merge_size=self.merge_size,
+                                      num_segments=self.vision_segments)
+            position_ids, _ = get_rope_index(input_ids, img_grid, vid_grid, attention_mask, self.merge_size)
         if self.dp_rank is not None:
             vis = offset_vision_inputs(vis, self.dp_rank, self.merge_size)
-        position_ids, _ = get_rope_index(input_ids, img_grid, vid_grid, attention_mask, self.merge_size)
         return {
             "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
             "position_ids": position_ids.astype(np.int32), "pixel_values": pixel_values, **vis,

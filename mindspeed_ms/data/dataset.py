@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 from mindspeed_ms.data.formats import BrokenSample, align_example
-from mindspeed_ms.data.image_io import MediaError, load_image, pre_resize, regularize_video
+from mindspeed_ms.data.image_io import MediaError, load_image, pre_resize, regularize_video, sampled_fps
 from mindspeed_ms.data.processor import Qwen2VLImageProcessor, smart_resize
 from mindspeed_ms.data.template import SkipSample, expand_vision_placeholders, get_template
 from mindspeed_ms.data.tokenizer import load_tokenizer, tokenizer_fingerprint
@@ -259,6 +259,9 @@ def materialize(row, cfg, processor):
                     for p in row["videos"]]
             r = processor(videos=vids)
             out["pixel_values_videos"], out["video_grid_thw"] = r["pixel_values_videos"], r["video_grid_thw"]
+            # Qwen2.5-VL's absolute time (the collator passes it on where the family uses it)
+            out["second_per_grid_ts"] = np.asarray([processor.temporal_patch_size / sampled_fps(p, pp.video_fps, pp.video_maxlen)
+                                                    for p in row["videos"]], np.float64)
     except MediaError as e:
         raise DataError(f"{where}: {e}") from None
     ids = lambda k: np.asarray(row[k], dtype=np.int32)  # noqa: E731

@@ -163,6 +163,31 @@ def load_video_frames(src, fps=2.0, maxlen=128):
     return _frames_from_av(src, fps, maxlen)
 
 
+def sampled_fps(src, fps=2.0, maxlen=128):
+    """Frames per second of the sampled video, as MindSpeed-MM's Qwen2.5-VL data computes it for
+    `second_per_grid_ts` (= temporal_patch_size / this): for a file read by PyAV, the number of
+    sampled frame indices over the stream's duration (`maxlen` indices when the stream has no frame
+    count); `fps` when the duration is unknown or the video is a frame directory / frame list. A file
+    PyAV cannot open (animated WebP) uses its PIL frame durations. Reads metadata only."""
+    if not (isinstance(src, str) and os.path.isfile(src)):
+        return float(fps)
+    try:
+        import av
+        with av.open(src, "r") as container:
+            stream = next(s for s in container.streams if s.type == "video")
+            total = stream.frames
+            duration = float(stream.duration * stream.time_base) if stream.duration else None
+    except (ImportError, StopIteration, OSError, ValueError):
+        if not src.lower().endswith((".gif", ".webp", ".apng", ".png")):
+            return float(fps)
+        durations = [frame.info.get("duration", 0) or 0 for frame in ImageSequence.Iterator(load_image(src))]
+        total, duration = len(durations), (sum(durations) / 1000.0 if all(durations) else None)
+    if not duration:
+        return float(fps)
+    kept = int(maxlen) if not total else len(sample_indices(total, duration, fps, maxlen))
+    return kept / duration
+
+
 def regularize_video(src, fps, maxlen, max_pixels, min_pixels):
     """Sampled, pre-resized RGB frames with an even count (MindSpeed-MM pads odd counts)."""
     frames = [pre_resize(f, max_pixels, min_pixels) for f in load_video_frames(src, fps, maxlen)]

@@ -69,6 +69,14 @@ class ParallelConfig:
         return self.global_batch_size // (self.micro_batch_size * self.dp)
 
     @property
+    def pipeline_micro_batches(self):
+        """Micro-batches the step runs: with pp > 1 at least pp, because MindSpore's `Pipeline`
+        needs micro_size >= stages; the missing ones are empty (`empty_micro_batches`: loss
+        weight 0, so the loss and the gradients are those of the real ones)."""
+        m = self.num_micro_batches
+        return max(m, self.pp) if self.pp > 1 else m
+
+    @property
     def seq_split(self):
         """How many ways the text sequence is split outside attention: CP always, and TP too in
         the sequence-parallel regions (norms, residuals) when --sequence-parallel is on."""
@@ -181,11 +189,15 @@ def validate_parallel_config(args, model, world_size: int) -> ParallelConfig:
                 f"{cfg.micro_batch_size} x dp {cfg.dp} = {per_step}")
         nmb = cfg.num_micro_batches
         if pp > 1 and nmb < pp:
-            raise ParallelConfigError(
-                f"{nmb} micro-batches per step (global batch {cfg.global_batch_size} / (micro batch "
-                f"{cfg.micro_batch_size} x dp {cfg.dp})) is fewer than the {pp} pipeline stages: MindSpore's "
-                f"pipeline needs micro_size >= stages; raise --global-batch-size")
-        if vpp > 1 and nmb % pp:
+            # Megatron runs m < pp micro-batches (its 1F1B warm-up is min(m, pp - stage)); MindSpore's
+            # Pipeline does not, so the step is padded with empty micro-batches
+            cfg.notices.append(
+                f"{nmb} micro-batch(es) per step (global batch {cfg.global_batch_size} / (micro batch "
+                f"{cfg.micro_batch_size} x dp {cfg.dp})) is fewer than the {pp} pipeline stages: each step "
+                f"also runs {pp - nmb} empty micro-batch(es) with no loss weight (MindSpore's pipeline needs "
+                f"micro-batches >= stages); bubble cost: {2 * pp - 1} pipeline slots per step instead of "
+                f"Megatron's {nmb + pp - 1}, {nmb / (2 * pp - 1):.0%} of a stage's time does real work")
+        if vpp > 1 and nmb > pp and nmb % pp:
             raise ParallelConfigError(
                 f"the interleaved (virtual) pipeline needs the number of micro-batches ({nmb}) to be a "
                 f"multiple of --pipeline-model-parallel-size {pp}")

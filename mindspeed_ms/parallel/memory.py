@@ -123,7 +123,7 @@ def _loss_bytes(t, cfg, b, s, act_b):
 
 
 def _in_flight(cfg, stage):
-    m = cfg.num_micro_batches
+    m = cfg.pipeline_micro_batches       # padded empty micro-batches hold activations too
     if cfg.pp == 1:
         return 1
     if cfg.vpp == 1:

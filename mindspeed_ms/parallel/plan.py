@@ -89,7 +89,9 @@ def run(argv=None, out=sys.stdout) -> int:
     w(f"layout: world {cfg.world_size} = dp {cfg.dp} x tp {cfg.tp} x pp {cfg.pp} x cp {cfg.cp}"
       + (f", vpp {cfg.vpp}" if cfg.vpp > 1 else "")
       + f"; micro-batch {cfg.micro_batch_size}, global batch {cfg.global_batch_size} "
-        f"({cfg.num_micro_batches} micro-batches per step per dp rank)"
+        f"({cfg.num_micro_batches} micro-batches per step per dp rank"
+        + (f" + {cfg.pipeline_micro_batches - cfg.num_micro_batches} empty"
+           if cfg.pipeline_micro_batches > cfg.num_micro_batches else "") + ")"
       + (", sequence parallel" if cfg.sequence_parallel else "")
       + (", distributed optimizer" if cfg.use_distributed_optimizer else "")
       + (f"; LoRA r {lora.r} on {len(plan.lora_modules)} linears (base frozen)" if lora else "") + "\n")

@@ -225,6 +225,9 @@ def build_shard_plan(model_cfg, cfg: ParallelConfig, backend: str = "CPU", bf16:
     # ---- vision encoder (rows = patches of the micro-batch; split by dp, replicated over cp)
     e, vf, vh = v.hidden_size, v.ffn_hidden_size, v.num_attention_heads
     vd = v.kv_channels
+    # Qwen2.5-VL: RMSNorm ViT / merger norms, gated ViT MLP (fc1 = [gate; up], glu-split like the LLM's)
+    vit_ln = v.normalization == "LayerNorm"
+    vit_glu = getattr(v, "gated_linear_unit", False)
     stage = patch_pl.stage
     add(ShardEntry(f"{VISION_PREFIX}.patch_embed.proj", "matmul", ((dp, 1), (1, 1)),
                    ((rows_v, v.patch_dim), (e, v.patch_dim)), "replicated", stage,
@@ -233,7 +236,7 @@ def build_shard_plan(model_cfg, cfg: ParallelConfig, backend: str = "CPU", bf16:
     for i in range(v.num_layers):
         stage, chunk = vit_stage[i]
         c = f"{VISION_PREFIX}.blocks.layers.{i}"
-        norm(f"{c}.input_layernorm", (rows_v, e), (dp, 1), stage, f"{c}.input_layernorm", True)
+        norm(f"{c}.input_layernorm", (rows_v, e), (dp, 1), stage, f"{c}.input_layernorm", vit_ln)
         column(f"{c}.self_attention.linear_qkv", rows_v, dp, e, 3 * vh * vd, stage, True,
                f"{c}.self_attention.linear_qkv")
         # the ViT attends within each image: one block per dp rank's patches, heads split by tp
@@ -242,17 +245,19 @@ def build_shard_plan(model_cfg, cfg: ParallelConfig, backend: str = "CPU", bf16:
         attention(f"{c}.self_attention.core_attention", 1, vh, 1, rows_v, vd, 1, tp, dp, 1, stage, True)
         row(f"{c}.self_attention.linear_proj", rows_v, dp, vh * vd, e, stage, True,
             f"{c}.self_attention.linear_proj", dp)
-        norm(f"{c}.pre_mlp_layernorm", (rows_v, e), (dp, 1), stage, f"{c}.pre_mlp_layernorm", True)
-        column(f"{c}.mlp.linear_fc1", rows_v, dp, e, vf, stage, True, f"{c}.mlp.linear_fc1")
+        norm(f"{c}.pre_mlp_layernorm", (rows_v, e), (dp, 1), stage, f"{c}.pre_mlp_layernorm", vit_ln)
+        column(f"{c}.mlp.linear_fc1", rows_v, dp, e, 2 * vf if vit_glu else vf, stage, True, f"{c}.mlp.linear_fc1")
         row(f"{c}.mlp.linear_fc2", rows_v, dp, vf, e, stage, True, f"{c}.mlp.linear_fc2", dp)
         rc = i in set(cfg.vision_recompute.recomputed_layers(_chunk_layers(layout, chunk, stage, "vit")))
         plan.cells.append(CellSetting(c, stage, chunk, recompute=rc))
+        if vit_glu and tp > 1:  # rank-local SwiGLU over mm-convert's per-rank [gate_r; up_r] (as the LLM below)
+            plan.cells.append(CellSetting(f"{c}.mlp", stage, chunk, attrs={"glu_chunks": tp}))
 
     # ---- projector (patch merger) on the stage of the last ViT layer
     stage = proj_pl.stage
     merged_rows = rows_v // v.spatial_merge_size ** 2
     norm(f"{PROJECTOR_PREFIX}.layernorm", (rows_v, p.input_size), (dp, 1), stage, f"{PROJECTOR_PREFIX}.layernorm",
-         True)
+         p.normalization == "LayerNorm")
     m = p.input_size * v.spatial_merge_size ** 2
     column(f"{PROJECTOR_PREFIX}.encoder.linear_fc1", merged_rows, dp, m, p.ffn_hidden_size, stage, True,
            f"{PROJECTOR_PREFIX}.encoder.linear_fc1")

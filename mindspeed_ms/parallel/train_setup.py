@@ -154,7 +154,7 @@ def autoparallel_settings(plan: ShardPlan, input_ranks: Sequence[int], prefix: s
     that the micro-batch wrapper wraps (for its stage/segment configs)."""
     cfg = plan.cfg
     s = AutoParallelSettings(dataset_strategy=tuple((cfg.dp,) + (1,) * (n - 1) for n in input_ranks))
-    s.micro_size = cfg.num_micro_batches
+    s.micro_size = cfg.pipeline_micro_batches
     if cfg.pp > 1:
         stages, segments = stage_config(plan)
         pre = f"{prefix}." if prefix else ""

@@ -137,7 +137,9 @@ def build_dpo_feed(args, startup, rank: int):
                          f"attr.rejected naming the two answers, and collate_param.model_name \"qwen2vl_dpo\"), as in "
                          f"examples/mindspore/qwen2vl/data_72b_dpo.json")
     train, val = build_datasets(cfg, args.seq_length, seed=args.seed)
-    return make_feed(args, cfg, train, val, build_collator(cfg, args.seq_length), rank)
+    from mindspeed_ms.training.build import batch_layout_for  # the model family's vision layout
+    collator = build_collator(cfg, args.seq_length, batch_layout=batch_layout_for(startup.model))
+    return make_feed(args, cfg, train, val, collator, rank)
 
 
 class DPOTrainer(Trainer):
@@ -231,9 +233,11 @@ def main(argv=None) -> int:
         if rank == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
-    logger = DPOTrainLogger(args.train_iters, is_log_rank, args.tensorboard_dir)
+    logger = DPOTrainLogger(args.train_iters, is_log_rank, args.tensorboard_dir, log_tps=args.log_tps)
     for n in startup.notices:
         logger.notice(n)
+    from mindspeed_ms.training.wandb_writer import attach_wandb
+    attach_wandb(logger, args)
     try:
         from mindspeed_ms.peft.lora_training import attach_lora
         from mindspeed_ms.training.build import build_model, init_runtime

@@ -70,7 +70,10 @@ def main(argv=None) -> int:
         print(f"make_tiny_checkpoint: error: {e}", file=sys.stderr)
         return 1
     n = sum(1 for _ in open(os.path.join(out, "config.json")))
-    print(f"wrote a random tiny Qwen2-VL checkpoint (seed {a.seed}) to {out} ({n} config lines, tokenizer, "
+    from mindspeed_ms.config.model_config import load_model_json
+    from mindspeed_ms.models.registry import family_of
+    family = family_of(load_model_json(a.mm_model)).display
+    print(f"wrote a random tiny {family} checkpoint (seed {a.seed}) to {out} ({n} config lines, tokenizer, "
           f"preprocessor and generation configs)")
     return 0
 

@@ -39,14 +39,14 @@ def init_runtime(args, backend: str, world: int, logger, data_parallel: bool = T
 
 
 def build_model(model_cfg, args, backend: str):
-    """The Qwen2-VL model wrapped as a loss Cell. fp32 on CPU; bf16 with flash attention on Ascend
-    when --bf16 / --use-flash-attn ask for them."""
-    from mindspeed_ms.models.qwen2vl.model import Qwen2VLForConditionalGeneration
+    """The model of model.json's family (`model_id`, models/registry.py) wrapped as a loss Cell.
+    fp32 on CPU; bf16 with flash attention on Ascend when --bf16 / --use-flash-attn ask for them."""
+    from mindspeed_ms.models import model_class_for
     from mindspeed_ms.training.train_step import LossCell
     ascend = backend == "Ascend"
     dtype = ms.bfloat16 if (ascend and args.bf16) else ms.float32
     attention = "flash" if (ascend and args.use_flash_attn) else "matmul"
-    return LossCell(Qwen2VLForConditionalGeneration(model_cfg, attention_backend=attention, dtype=dtype))
+    return LossCell(model_class_for(model_cfg)(model_cfg, attention_backend=attention, dtype=dtype))
 
 
 def build_feed(args, startup, rank: int, collator_options=None):
@@ -68,8 +68,17 @@ def build_feed(args, startup, rank: int, collator_options=None):
         raise ValueError(f"--mm-data {args.mm_data}: collate_param.model_name {dl.collate_param.model_name!r} is "
                          f"for preference training; use posttrain_qwen2vl_dpo.py with it")
     train, val = build_datasets(cfg, args.seq_length, seed=args.seed)
-    collator = build_collator(cfg, args.seq_length, **(collator_options(train, cfg) if collator_options else {}))
+    options = dict(collator_options(train, cfg)) if collator_options else {}
+    if getattr(startup, "model", None) is not None:  # callers without a model config keep Qwen2-VL's layout
+        options.setdefault("batch_layout", batch_layout_for(startup.model))
+    collator = build_collator(cfg, args.seq_length, **options)
     return make_feed(args, cfg, train, val, collator, rank)
+
+
+def batch_layout_for(model_cfg):
+    """The host-side batch layout (vision keys, M-RoPE positions) of model.json's family."""
+    from mindspeed_ms.models.registry import family_of
+    return family_of(model_cfg).batch()(model_cfg)
 
 
 def make_feed(args, cfg, train, val, collator, rank: int):

@@ -36,6 +36,7 @@ from mindspeed_ms.parallel.tied_grads import tied_pairs
 from mindspeed_ms.parallel.train_setup import (FLASH_KEY, SHARDED_KEYS, autoparallel_settings, collator_options,
                                                dataset_vision_counts, fixed_vision_shapes, optimizer_param_groups,
                                                rank_coords, stack_micro_batches, wrap_micro_batches)
+from mindspeed_ms.training.empty_micro_batches import pad_with_empty
 from mindspeed_ms.training.trainer import Trainer, TrainingError
 
 _RANKS = {"input_ids": 2, "attention_mask": 2, "position_ids": 3, "pixel_values": 2, "vision_pos_ids": 2,
@@ -143,7 +144,17 @@ class ShardedTrainer(Trainer):
         if len(micro_batches) != self.ga:
             raise TrainingError(f"the data feed gave {len(micro_batches)} micro-batches, expected {self.ga}")
         self._weights(micro_batches, self._global_valid_tokens(micro_batches))
-        return stack_micro_batches(micro_batches, self.keys)
+        # pp > 1 with fewer micro-batches than stages: empty ones fill the pipeline
+        return stack_micro_batches(pad_with_empty(micro_batches, self.settings.micro_size), self.keys)
+
+    def _micro_batches_per_step(self) -> int:
+        return self.pcfg.pipeline_micro_batches
+
+    def _dp_mean(self, value: float) -> float:
+        return float(self._world_sum([value])[0]) / self.dp
+
+    def _reports_memory(self) -> bool:
+        return self.coords.dp == 0          # Megatron: every rank of data-parallel index 0
 
     def train_step(self, micro_batches: List[Dict]):
         inputs = self.step_inputs(micro_batches)

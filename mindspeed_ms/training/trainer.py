@@ -21,13 +21,22 @@ import numpy as np
 
 from mindspeed_ms.arguments import ArgumentError, Startup, TrainingArgs, parse_args, validate_args
 from mindspeed_ms.training.backend import detect_backend, dist_env
+from mindspeed_ms.training.empty_micro_batches import pad_with_empty
 from mindspeed_ms.training.loss_weights import count_valid_tokens, make_loss_weights
 from mindspeed_ms.training.lr_schedule import LRSchedule
-from mindspeed_ms.training.train_log import TrainLogger
+from mindspeed_ms.training.memory_report import memory_stats
+from mindspeed_ms.training.train_log import TrainLogger, Window
 
 
 class TrainingError(RuntimeError):
     pass
+
+
+def padded_tokens_per_sample(micro_batches: List[Dict]) -> float:
+    """This rank's mean over the step's micro-batches of the sequence length the language model
+    sees (the collator's padded length; MindSpeed-MM's `get_tps` reads it off the logits)."""
+    lengths = [np.asarray(mb["input_ids"]).shape[-1] for mb in micro_batches if "input_ids" in mb]
+    return float(np.mean(lengths)) if lengths else 0.0
 
 
 def _frozen_prefixes(model_cfg) -> List[str]:
@@ -95,6 +104,7 @@ class Trainer:
         n_all = sum(int(np.prod(p.shape)) for p in self.named_params.values())
         logger.print(f" > parameters: {n_all:,} total, {n_train:,} trainable"
                      + (f" (frozen: {', '.join(p.rstrip('.') for p in frozen)})" if frozen else ""))
+        self.step_micro_batches = self._micro_batches_per_step()
         self._build_steps()
         self.schedule = LRSchedule.from_args(args)
         # CPU: one graph with dynamic batch/sequence/patch dimensions (compiles once; measured ~20 s for
@@ -109,6 +119,11 @@ class Trainer:
             from mindspeed_ms.training.train_step import AllReduceSum
             self.allreduce = AllReduceSum()
 
+    def _micro_batches_per_step(self) -> int:
+        """Micro-batches one step runs: the real ones (GA); more only where the step needs padding
+        with empty ones (`empty_micro_batches`; the sharded pipeline with fewer than pp)."""
+        return self.ga
+
     def _build_steps(self):
         """Optimizer and compiled step Cells (the sharded Ascend trainer builds its own)."""
         from mindspeed_ms.training.optimizer import AdamW
@@ -117,7 +132,7 @@ class Trainer:
         args = self.args
         self.optimizer = AdamW(self.trainable, args.adam_beta1, args.adam_beta2, args.adam_eps, args.weight_decay)
         # one micro-batch per step: one graph for the whole step, no accumulation buffers
-        self.whole_step = self.ga == 1
+        self.whole_step = self.step_micro_batches == 1
         if self.whole_step:
             self.micro = TrainStep(self.model, self.trainable, self.optimizer, args.clip_grad, self.dp)
         else:
@@ -227,6 +242,8 @@ class Trainer:
         if len(micro_batches) != self.ga:
             raise TrainingError(f"the data feed gave {len(micro_batches)} micro-batches, expected {self.ga}")
         self._weights(micro_batches, self._global_valid_tokens(micro_batches))
+        real = len(micro_batches)
+        micro_batches = pad_with_empty(micro_batches, self.step_micro_batches)
         lr = self.schedule.get_lr()
         if self.whole_step:
             mb = micro_batches[0]
@@ -239,7 +256,8 @@ class Trainer:
             for i, mb in enumerate(micro_batches):
                 out = self.micro(ms.Tensor(i == 0), *self._tensors(mb), *self._loss_rows(mb))
                 local += float(out.asnumpy())
-                tokens += float(np.asarray(mb["attention_mask"]).sum())
+                if i < real:
+                    tokens += float(np.asarray(mb["attention_mask"]).sum())
             stats = ms.Tensor(np.array([local, tokens], dtype=np.float32))
             stats_sum, norm = self.opt_step(stats, *self.optimizer.host_scalars(lr))
         self.optimizer.step += 1
@@ -272,25 +290,50 @@ class Trainer:
     def compilations(self) -> int:
         return self.micro.compilations + self.forward.compilations
 
+    def _dp_mean(self, value: float) -> float:
+        """Mean of a host number over the data-parallel ranks."""
+        if self.dp == 1:
+            return value
+        return float(self.allreduce(self.ms.Tensor(float(value), self.ms.float32)).asnumpy()) / self.dp
+
+    def _reports_memory(self) -> bool:
+        """Megatron prints the memory line on the ranks of data-parallel index 0 (here: rank 0)."""
+        return self.rank == 0
+
     # ---- the loop ------------------------------------------------------------------------------
     def train(self):
         args = self.args
         start_it = self.iteration
         window_t0, window_n = time.time(), 0
+        window_seq = window_real = 0.0
         t_train0 = time.time()
         while self.iteration < args.train_iters:
             t0 = time.time()
-            loss, norm, lr, tps = self.train_step(self.feed.next_step())
+            micro_batches = self.feed.next_step()
+            seq = padded_tokens_per_sample(micro_batches)
+            loss, norm, lr, tps = self.train_step(micro_batches)
             window_n += 1
+            window_seq, window_real = window_seq + seq, window_real + tps
             log_now = self.iteration % args.log_interval == 0
             elapsed_ms = (time.time() - window_t0) * 1000.0 / window_n if log_now else (time.time() - t0) * 1000.0
             if not math.isfinite(loss):
                 raise TrainingError(f"the loss became {loss} at iteration {self.iteration}; lower --lr or enable "
                                     f"--clip-grad")
+            window = None
+            if log_now:
+                # MindSpeed-MM's tokens per sample: the LM's (padded) sequence length, averaged over
+                # the step's micro-batches, the DP ranks and the logged iterations (a collective:
+                # every rank computes it at the same iterations)
+                padded = self._dp_mean(window_seq / window_n)
+                window = Window(elapsed_ms, self.gbs, args.train_iters - self.iteration, padded,
+                                window_real / window_n, time.time() - t_train0)
             self.log.iteration(self.iteration, self.consumed, elapsed_ms, lr, self.gbs, loss, norm,
-                               tps if args.log_tps else None, log_now)
+                               window.tokens_per_sample if (log_now and args.log_tps) else None, log_now, window)
+            if log_now and lr > 0 and not self.log.memory_reported and self._reports_memory():
+                self.log.memory(self.rank, self.iteration, memory_stats(args.backend))
             if log_now:
                 window_t0, window_n = time.time(), 0
+                window_seq = window_real = 0.0
             if self.feed.has_val and args.eval_iters > 0 and self.iteration % args.eval_interval == 0:
                 val = self.evaluate()
                 if val is not None:
@@ -340,9 +383,11 @@ def main(argv=None) -> int:
         if rank == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
-    logger = TrainLogger(args.train_iters, is_log_rank, args.tensorboard_dir)
+    logger = TrainLogger(args.train_iters, is_log_rank, args.tensorboard_dir, log_tps=args.log_tps)
     for n in startup.notices:
         logger.notice(n)
+    from mindspeed_ms.training.wandb_writer import attach_wandb
+    attach_wandb(logger, args)
     try:
         from mindspeed_ms.training.build import build_model, init_runtime
         init_runtime(args, backend, world, logger, data_parallel=not sharded)

@@ -61,11 +61,9 @@ def randomize_(model, seed=0, std=0.08):
     return model
 
 
-def make_tiny_hf_checkpoint(out_dir, preset="tied", seed=0, max_shard_size=None, **overrides):
-    """Write a random tiny HF Qwen2-VL checkpoint into `out_dir`; returns `out_dir`.
-    `max_shard_size` (e.g. "300KB") writes a sharded checkpoint with model.safetensors.index.json."""
-    torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(tiny_hf_config(preset, **overrides)).float()
+def save_random_checkpoint(model, out_dir, seed=0, max_shard_size=None):
+    """Randomise `model` (fp32, `randomize_`) and save_pretrained it as safetensors into `out_dir`."""
+    model = model.float()
     randomize_(model, seed)
     os.makedirs(out_dir, exist_ok=True)
     kwargs = {"safe_serialization": True}
@@ -75,8 +73,19 @@ def make_tiny_hf_checkpoint(out_dir, preset="tied", seed=0, max_shard_size=None,
     return str(out_dir)
 
 
+def load_eager_reference(model_cls, out_dir):
+    """`model_cls` from `out_dir`, fp32, eager attention, eval mode."""
+    return model_cls.from_pretrained(out_dir, torch_dtype=torch.float32, attn_implementation="eager").eval()
+
+
+def make_tiny_hf_checkpoint(out_dir, preset="tied", seed=0, max_shard_size=None, **overrides):
+    """Write a random tiny HF Qwen2-VL checkpoint into `out_dir`; returns `out_dir`.
+    `max_shard_size` (e.g. "300KB") writes a sharded checkpoint with model.safetensors.index.json."""
+    torch.manual_seed(seed)
+    return save_random_checkpoint(Qwen2VLForConditionalGeneration(tiny_hf_config(preset, **overrides)), out_dir,
+                                  seed, max_shard_size)
+
+
 def load_hf_reference(out_dir):
     """The transformers model from `out_dir`, fp32, eager attention, eval mode."""
-    model = Qwen2VLForConditionalGeneration.from_pretrained(out_dir, torch_dtype=torch.float32,
-                                                            attn_implementation="eager")
-    return model.eval()
+    return load_eager_reference(Qwen2VLForConditionalGeneration, out_dir)

@@ -118,7 +118,7 @@ def offset_vision_inputs(vis, dp_rank, spatial_merge_size=2):
     rank with the same N patches). Segment ids move to [r*N, (r+1)*N) (ids never exceed the patch
     count, so ranks never share one), `vision_gather_index` points into the global merged features
     (+ r*N/merge^2 where a token takes a feature) and `vision_cu_seqlens` ends move by r*N."""
-    n = int(np.asarray(vis["vision_segment_ids"]).shape[0])
+    n = int(np.asarray(vis["vision_segment_ids"]).shape[-1])  # Qwen2.5-VL: [2, N] (frame and window rows)
     if n % (spatial_merge_size ** 2):
         raise ValueError(f"{n} patches is not a multiple of spatial_merge_size^2 = {spatial_merge_size ** 2}")
     out = dict(vis)

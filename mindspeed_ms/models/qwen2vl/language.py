@@ -13,7 +13,8 @@ positions (`cache_len + arange(S_new) + rope_deltas` on all three rows, rope_del
 import mindspore as ms
 from mindspore import nn, ops
 
-from mindspeed_ms.models.layers import MASK_VALUE, CoreAttention, Embedding, Linear, RMSNorm, SiLU
+from mindspeed_ms.models.layers import MASK_VALUE, CoreAttention, Embedding, Linear, RMSNorm
+from mindspeed_ms.models.layers.gated_mlp import GatedMLP
 from mindspeed_ms.models.qwen2vl.rotary import MultimodalRotary, apply_rotary
 
 
@@ -47,34 +48,11 @@ class TextSelfAttention(nn.Cell):
         return self.linear_proj(out), k, v
 
 
-class TextMLP(nn.Cell):
-    """SwiGLU: fc2(silu(gate) * up) with fc1 = concat(gate, up).
-
-    `glu_chunks` (set by the shard plan to tp): the fc1 output is read as `glu_chunks` consecutive
-    chunks, each concat(gate_r, up_r) - mm-convert's per-rank layout - so under tensor parallelism
-    every rank splits gate/up inside its own column slice and SwiGLU needs no communication. With
-    1 (the default) this is the plain [gate; up] layout of a tp1 checkpoint."""
+class TextMLP(GatedMLP):
+    """The LLM's SwiGLU (layers/gated_mlp.py) without biases."""
 
     def __init__(self, cfg, dtype=ms.float32):
-        super().__init__()
-        self.ffn = cfg.ffn_hidden_size
-        self.glu_chunks = 1
-        self.linear_fc1 = Linear(cfg.hidden_size, 2 * self.ffn, False, cfg.init_method_std, dtype)
-        self.activation = SiLU()
-        self.mul = ops.Mul()
-        self.linear_fc2 = Linear(self.ffn, cfg.hidden_size, False, cfg.init_method_std, dtype)
-
-    def construct(self, x):
-        y = self.linear_fc1(x)
-        if self.glu_chunks == 1:
-            return self.linear_fc2(self.mul(self.activation(y[..., :self.ffn]), y[..., self.ffn:]))
-        # [..., 2*ffn] -> [..., chunks, 2*ffn/chunks]: gate/up halves within each rank's chunk; the
-        # product keeps rank r's ffn/chunks features in place r, as row-parallel fc2 expects
-        lead = y.shape[:-1]
-        width = self.ffn // self.glu_chunks
-        y = ops.reshape(y, lead + (self.glu_chunks, 2 * width))
-        h = self.mul(self.activation(y[..., :width]), y[..., width:])
-        return self.linear_fc2(ops.reshape(h, lead + (self.ffn,)))
+        super().__init__(cfg.hidden_size, cfg.ffn_hidden_size, False, cfg.init_method_std, dtype)
 
 
 class TextDecoderLayer(nn.Cell):

@@ -20,19 +20,19 @@ from mindspore import Tensor, nn, ops
 
 from mindspeed_ms.config.model_config import Qwen2VLConfig, config_from_hf
 from mindspeed_ms.models.layers.linear_cross_entropy import LinearCrossEntropy
+from mindspeed_ms.models.qwen2vl.batch import Qwen2VLBatch
 from mindspeed_ms.models.qwen2vl.hf_api import HFApiMixin, read_generation_config
-from mindspeed_ms.models.qwen2vl.inputs import build_vision_inputs, check_pixel_values
+from mindspeed_ms.models.qwen2vl.inputs import check_pixel_values
 from mindspeed_ms.models.qwen2vl.language import TextDecoder
 from mindspeed_ms.models.qwen2vl.loss import CausalLMLoss
 from mindspeed_ms.models.qwen2vl.projector import ImageEncoder
-from mindspeed_ms.models.qwen2vl.rope import get_rope_index
 
 CONTRACT_KEYS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "vision_pos_ids",
                  "vision_segment_ids", "vision_gather_index", "vision_token_mask", "labels", "loss_weights")
 # batch keys kept for host-side checks only; the graph does not take them
 HOST_ONLY_KEYS = ("image_grid_thw", "video_grid_thw")
 HF_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "pixel_values_videos",
-           "video_grid_thw", "labels", "loss_weights")
+           "video_grid_thw", "second_per_grid_ts", "labels", "loss_weights")
 
 
 @dataclass
@@ -64,15 +64,19 @@ class Qwen2VLForConditionalGeneration(HFApiMixin, nn.Cell):
     """The Qwen2-VL model with MindSpeed-MM parameter names (`image_encoder.*`, `text_decoder.*`).
 
     `attention_backend`: "matmul" (CPU, reference) or "flash" (Ascend FlashAttentionScore).
+    A family built on this class (Qwen2.5-VL) swaps `image_encoder_cls` and `batch_layout_cls`.
     `generate` / `save_pretrained` (HF style) come from `hf_api.HFApiMixin`; `generation_config`
     holds the checkpoint's generation_config.json (None: transformers' defaults).
     """
+    image_encoder_cls = ImageEncoder
+    batch_layout_cls = Qwen2VLBatch
 
     def __init__(self, config: Qwen2VLConfig, attention_backend="matmul", dtype=ms.float32):
         super().__init__()
         self.config = config
         self.generation_config = None
-        self.image_encoder = ImageEncoder(config.vision, config.projector, attention_backend, dtype)
+        self.batch_layout = self.batch_layout_cls(config)
+        self.image_encoder = self.image_encoder_cls(config.vision, config.projector, attention_backend, dtype)
         self.text_decoder = TextDecoder(config.text, attention_backend, dtype)
         self.loss_fn = CausalLMLoss()
         # training loss (`train_loss`): output layer + cross entropy fused over token chunks, so the
@@ -169,8 +173,10 @@ class Qwen2VLForConditionalGeneration(HFApiMixin, nn.Cell):
         return self.forward_hf(**kwargs)
 
     def prepare_batch(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
-                      pixel_values_videos=None, video_grid_thw=None, labels=None, loss_weights=None):
-        """Host side: the contract batch (numpy) and rope_deltas from HF-style inputs."""
+                      pixel_values_videos=None, video_grid_thw=None, labels=None, loss_weights=None,
+                      second_per_grid_ts=None):
+        """Host side: the contract batch (numpy) and rope_deltas from HF-style inputs (the family's
+        `batch_layout` builds the vision keys and positions)."""
         cfg = self.config
         merge = cfg.vision.spatial_merge_size
         input_ids = _np(input_ids)
@@ -196,14 +202,11 @@ class Qwen2VLForConditionalGeneration(HFApiMixin, nn.Cell):
         else:
             # no vision input: one unreferenced dummy window keeps the same graph (as the collator does)
             pixels = np.zeros((merge * merge, patch_dim), dtype=np.float32)
-        vis = build_vision_inputs(input_ids, image_grid_thw, video_grid_thw, num_patches=pixels.shape[0],
-                                  spatial_merge_size=merge, image_token_id=cfg.img_context_token_id,
-                                  video_token_id=cfg.video_token_id)
-        position_ids, rope_deltas = get_rope_index(
-            input_ids, image_grid_thw, video_grid_thw, attention_mask, merge, cfg.img_context_token_id,
-            cfg.video_token_id, cfg.vision_start_token_id)
+        vis = self.batch_layout.vision_inputs(input_ids, pixels, image_grid_thw, video_grid_thw, pixels.shape[0])
+        position_ids, rope_deltas = self.batch_layout.position_ids(
+            input_ids, image_grid_thw, video_grid_thw, attention_mask, _np(second_per_grid_ts))
         batch = {"input_ids": input_ids.astype(np.int32), "attention_mask": attention_mask.astype(np.int32),
-                 "position_ids": position_ids, "pixel_values": pixels, **vis}
+                 "position_ids": position_ids, **vis}
         if labels is not None:
             batch["labels"] = _np(labels).reshape(input_ids.shape).astype(np.int32)
         if loss_weights is not None:
@@ -211,13 +214,15 @@ class Qwen2VLForConditionalGeneration(HFApiMixin, nn.Cell):
         return batch, rope_deltas
 
     def forward_hf(self, input_ids=None, attention_mask=None, pixel_values=None, image_grid_thw=None,
-                   pixel_values_videos=None, video_grid_thw=None, labels=None, loss_weights=None, **unknown):
+                   pixel_values_videos=None, video_grid_thw=None, labels=None, loss_weights=None,
+                   second_per_grid_ts=None, **unknown):
         if unknown:
             raise TypeError(f"unexpected arguments {sorted(unknown)}; accepted: {', '.join(HF_KEYS)}")
         if input_ids is None:
             raise ValueError("input_ids is required")
         batch, rope_deltas = self.prepare_batch(input_ids, attention_mask, pixel_values, image_grid_thw,
-                                                pixel_values_videos, video_grid_thw, labels, loss_weights)
+                                                pixel_values_videos, video_grid_thw, labels, loss_weights,
+                                                second_per_grid_ts)
         args = [Tensor(batch[k]) for k in CONTRACT_KEYS[:8]]
         kwargs = {}
         if "labels" in batch:
@@ -273,11 +278,18 @@ class Qwen2VLForConditionalGeneration(HFApiMixin, nn.Cell):
 
     @classmethod
     def from_pretrained(cls, hf_dir, attention_backend="matmul", dtype=ms.float32):
-        """Build from an HF checkpoint directory (config.json + safetensors, single or sharded)."""
+        """Build from an HF checkpoint directory (config.json + safetensors, single or sharded).
+        `mindspeed_ms.models.from_pretrained(hf_dir)` picks the class from config.json's model_type."""
         from mindspeed_ms.checkpoint.hf_io import load_hf_config, load_hf_state_dict
         from mindspeed_ms.checkpoint.names import hf_to_mm_state_dict
+        from mindspeed_ms.models.registry import family_of
         hf_config = load_hf_config(hf_dir)
         cfg = config_from_hf(hf_config)
+        family = family_of(cfg)
+        if family.model_class() is not cls:
+            raise ValueError(f"{hf_dir} holds a {family.display} checkpoint (model_type "
+                             f"'{family.hf_model_type}'): load it with {family.pieces['model_class'].split(':')[1]}"
+                             f" or mindspeed_ms.models.from_pretrained")
         model = cls(cfg, attention_backend, dtype)
         model.load_mm_state_dict(hf_to_mm_state_dict(load_hf_state_dict(hf_dir), hf_config))
         model.generation_config = read_generation_config(hf_dir)

@@ -26,7 +26,8 @@ def _as_grid(grid, name):
 
 def get_rope_index(input_ids, image_grid_thw=None, video_grid_thw=None, attention_mask=None,
                    spatial_merge_size=2, image_token_id=IMAGE_TOKEN_ID, video_token_id=VIDEO_TOKEN_ID,
-                   vision_start_token_id=VISION_START_TOKEN_ID):
+                   vision_start_token_id=VISION_START_TOKEN_ID, tokens_per_second=None,
+                   second_per_grid_ts=None):
     """M-RoPE positions for a batch.
 
     Args:
@@ -34,6 +35,10 @@ def get_rope_index(input_ids, image_grid_thw=None, video_grid_thw=None, attentio
         image_grid_thw / video_grid_thw: [n, 3] patch grids (t, h, w) of all images / videos of the
             batch, in order of appearance (sample 0 first).
         attention_mask: [B, S], 1 for real tokens (left or right padding); None = all ones.
+        tokens_per_second: None (Qwen2-VL: temporal grid step k of a video has position k) or
+            Qwen2.5-VL's absolute time: step k has position int(k * second_per_grid_ts[v] *
+            tokens_per_second), in float32 as MindSpeed-MM computes it (second_per_grid_ts: one
+            value per video, seconds per temporal patch; None = 1.0 each, as HF).
     Returns:
         position_ids [3, B, S] int32 (padding positions hold 1, as in HF) and
         rope_deltas [B, 1] int64 (max position + 1 - S; used to continue positions in generation).
@@ -73,6 +78,7 @@ def get_rope_index(input_ids, image_grid_thw=None, video_grid_thw=None, attentio
                         f"sample {i} has more images (<|vision_start|><|image_pad|> blocks) than image_grid_thw rows "
                         f"({len(image_grid_thw)}): pass one grid per image")
                 t, h, w = image_grid_thw[image_index]
+                seconds = 0.0
                 image_index += 1
                 remain_images -= 1
                 ed = ed_image
@@ -82,6 +88,7 @@ def get_rope_index(input_ids, image_grid_thw=None, video_grid_thw=None, attentio
                         f"sample {i} has more videos (<|vision_start|><|video_pad|> blocks) than video_grid_thw rows "
                         f"({len(video_grid_thw)}): pass one grid per video")
                 t, h, w = video_grid_thw[video_index]
+                seconds = 1.0 if second_per_grid_ts is None else float(second_per_grid_ts[video_index])
                 video_index += 1
                 remain_videos -= 1
                 ed = ed_video
@@ -89,7 +96,10 @@ def get_rope_index(input_ids, image_grid_thw=None, video_grid_thw=None, attentio
             text_len = ed - st
             st_idx = pieces[-1].max() + 1 if pieces else 0
             pieces.append(np.broadcast_to(np.arange(text_len), (3, text_len)) + st_idx)
-            t_idx = np.repeat(np.arange(gt), gh * gw)
+            frames = np.arange(gt)
+            if tokens_per_second is not None:
+                frames = (frames.astype(np.float32) * np.float32(seconds) * np.float32(tokens_per_second)).astype(np.int64)
+            t_idx = np.repeat(frames, gh * gw)
             h_idx = np.tile(np.repeat(np.arange(gh), gw), gt)
             w_idx = np.tile(np.arange(gw), gt * gh)
             pieces.append(np.stack([t_idx, h_idx, w_idx]) + text_len + st_idx)

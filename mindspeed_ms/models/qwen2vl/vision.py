@@ -76,14 +76,20 @@ class VisionMLP(nn.Cell):
 
 
 class VisionBlock(nn.Cell):
-    """Pre-norm block: x + attn(LN1(x)); x + mlp(LN2(x))."""
+    """Pre-norm block: x + attn(LN1(x)); x + mlp(LN2(x)). A family changes the norm and the MLP
+    through `norm_cls` / `make_mlp` (Qwen2.5-VL: RMSNorm, gated SiLU MLP)."""
+    norm_cls = LayerNorm
 
     def __init__(self, cfg, backend="matmul", dtype=ms.float32):
         super().__init__()
-        self.input_layernorm = LayerNorm(cfg.hidden_size, cfg.layernorm_epsilon, dtype)
+        self.input_layernorm = self.norm_cls(cfg.hidden_size, cfg.layernorm_epsilon, dtype)
         self.self_attention = VisionSelfAttention(cfg, backend, dtype)
-        self.pre_mlp_layernorm = LayerNorm(cfg.hidden_size, cfg.layernorm_epsilon, dtype)
-        self.mlp = VisionMLP(cfg, dtype)
+        self.pre_mlp_layernorm = self.norm_cls(cfg.hidden_size, cfg.layernorm_epsilon, dtype)
+        self.mlp = self.make_mlp(cfg, dtype)
+
+    @staticmethod
+    def make_mlp(cfg, dtype):
+        return VisionMLP(cfg, dtype)
 
     def construct(self, x, cos, sin, mask):
         x = x + self.self_attention(self.input_layernorm(x), cos, sin, mask)
@@ -110,23 +116,30 @@ def segment_mask(segment_ids):
 
 class Qwen2VisionEncoder(nn.Cell):
     """pixel patches [N, C*T*P*P] -> patch features [N, E] (before the merger)."""
+    blocks_cls = VisionBlocks
 
     def __init__(self, cfg, backend="matmul", dtype=ms.float32):
         super().__init__()
         self.patch_embed = PatchEmbed(cfg, dtype)
         self.rotary = VisionRotary(cfg.kv_channels)
-        self.blocks = VisionBlocks(cfg, backend, dtype)
+        self.blocks = self.blocks_cls(cfg, backend, dtype)
         self.flash = backend == "flash"
 
     def construct(self, pixel_values, vision_pos_ids, vision_segment_ids, vision_cu_seqlens=None):
         """`vision_cu_seqlens` (flash backend only): the cumulative ends of the images / frames,
         `inputs.vision_cu_seqlens`; the matmul backend builds the block mask from the segment ids."""
+        self.check_flash_inputs(vision_cu_seqlens)
+        x = self.patch_embed(pixel_values)
+        cos, sin = self.rotary_tables(vision_pos_ids)
+        mask = vision_cu_seqlens if self.flash else segment_mask(vision_segment_ids)
+        return self.blocks(x, cos, sin, mask)
+
+    def check_flash_inputs(self, vision_cu_seqlens):
         if self.flash and vision_cu_seqlens is None:
             raise ValueError("the flash attention backend needs vision_cu_seqlens (the collator's "
                              "vision_segments option builds it)")
-        x = self.patch_embed(pixel_values)
+
+    def rotary_tables(self, vision_pos_ids):
+        """cos/sin [N, 1, head_dim] of the patches' (h, w) positions, broadcast over the heads."""
         cos, sin = self.rotary(vision_pos_ids)
-        cos = ops.expand_dims(cos, 1)
-        sin = ops.expand_dims(sin, 1)
-        mask = vision_cu_seqlens if self.flash else segment_mask(vision_segment_ids)
-        return self.blocks(x, cos, sin, mask)
+        return ops.expand_dims(cos, 1), ops.expand_dims(sin, 1)
