@@ -3,7 +3,7 @@ tiny checkpoint: greedy and beam-search tokens equal token for token (images, a 
 a video, eos, repetition penalty, min_new_tokens, stop strings, length penalty, early stopping),
 HF-shaped output; sampling reproducible by seed
 and equal to transformers where the draw is deterministic (top_k=1); a saved directory loads in
-transformers and gives the same logits. (The slow-marked ones: RUN_SLOW=1.)"""
+transformers and gives the same logits."""
 import os
 
 import numpy as np
@@ -61,7 +61,6 @@ def _image_inputs(seed=0):
             "image_grid_thw": np.array([g0, g1, g2], np.int64)}
 
 
-@pytest.mark.slow  # ~20 s each on the shared 2-core machine
 def test_greedy_images_batch_equals_transformers_with_eos(models):
     hf, ours, _ = models
     inputs = _image_inputs()
@@ -92,7 +91,6 @@ def test_greedy_video_equals_transformers(models):
     assert not np.array_equal(ours.generate(**other, max_new_tokens=12, pad_token_id=PAD), out)
 
 
-@pytest.mark.slow  # ~20 s each on the shared 2-core machine
 def test_repetition_penalty_min_new_tokens_equal_transformers(models):
     hf, ours, _ = models
     inputs = _image_inputs(1)
@@ -105,7 +103,6 @@ def test_repetition_penalty_min_new_tokens_equal_transformers(models):
     assert not np.array_equal(out, free)
 
 
-@pytest.mark.slow  # ~20 s each on the shared 2-core machine
 def test_stop_strings_equal_transformers(models):
     hf, ours, d = models
     from transformers import AutoTokenizer
@@ -124,7 +121,6 @@ def test_stop_strings_equal_transformers(models):
     assert (out[0, s:] == PAD).any() and not np.array_equal(out, free)
 
 
-@pytest.mark.slow  # ~20 s each on the shared 2-core machine
 def test_sampling_seeded_and_top_k_1_equals_transformers(models):
     hf, ours, _ = models
     inputs = _image_inputs(3)
@@ -155,7 +151,6 @@ def test_beam_search_equals_transformers(models):
         assert (out[0, s:] == PAD).any()
 
 
-@pytest.mark.slow  # ~20 s on the shared 2-core machine
 def test_beam_search_video_and_penalties_equal_transformers(models):
     hf, ours, _ = models
     rng = np.random.default_rng(4)

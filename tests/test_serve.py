@@ -101,7 +101,6 @@ def test_models_and_health(server):
     assert h["model"] == MODEL and h["max_queue"] == 2 and h["max_batch_size"] == 4
 
 
-@pytest.mark.slow  # loads the model a second time in the test process: ~30 s on the shared machine
 def test_picture_plain_stream_and_generate_agree(server):
     from mindspeed_ms.inference.prompt import PromptBuilder
     from mindspeed_ms.models.qwen2vl import Qwen2VLForConditionalGeneration
@@ -126,7 +125,6 @@ def test_picture_plain_stream_and_generate_agree(server):
     assert plain.usage.completion_tokens == len(new)
 
 
-@pytest.mark.slow  # six more generations: ~30 s on the shared 2-core machine
 def test_local_path_stop_strings_and_seeded_sampling(server):
     c = server["client"]
     kw = dict(model=MODEL, messages=_ask(_data_url(server["image"])), max_tokens=12, temperature=0)
@@ -246,7 +244,6 @@ def test_waiting_greedy_requests_run_as_one_batch(server):
     assert after["served"] - before["served"] == 3 and after["batches"] - before["batches"] == 2
 
 
-@pytest.mark.slow  # two more interpreter start-ups
 def test_taken_port_and_bad_flags_are_one_line_errors(server):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -262,7 +259,6 @@ def test_taken_port_and_bad_flags_are_one_line_errors(server):
     assert r.returncode == 2 and "--max-batch-size must be >= 1" in r.stderr
 
 
-@pytest.mark.slow  # loads the model in the test process too
 def test_worker_survives_settings_it_refuses(server):
     """In process: a checkpoint whose generation_config.json asks for what generate refuses gets 400 with the
     reason from the worker, and the worker goes on serving (greedy requests set temperature 0); one
