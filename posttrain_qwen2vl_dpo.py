@@ -7,7 +7,7 @@
 See docs/lora_dpo.md."""
 import sys
 
-from mindspeed_ms.rl.dpo_trainer import main
+from mindspeed_ms.rl.posttrain import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -5,7 +5,7 @@
 See docs/training.md for the flags, the loss modes, checkpoints and logs."""
 import sys
 
-from mindspeed_ms.training.trainer import main
+from mindspeed_ms.training.pretrain import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -298,6 +298,44 @@ def check_against_model_json(args: TrainingArgs, model, path: str) -> List[str]:
     return notices
 
 
+def check_value_ranges(args: TrainingArgs):
+    """Flag values outside what the optimizer and schedule accept (torch's AdamW and Megatron's
+    scheduler refuse them too); checked before the model is built, one message per flag."""
+    def need(ok, flag, value, what):
+        if not ok:
+            _err(f"{flag} {value}: {what}.")
+    if args.lr is not None:
+        need(args.lr >= 0, "--lr", args.lr, "the learning rate must be >= 0")
+    need(args.min_lr >= 0, "--min-lr", args.min_lr, "the final learning rate must be >= 0")
+    if args.lr is not None:
+        need(args.min_lr <= args.lr, "--min-lr", args.min_lr, f"it is above --lr {args.lr}; the decay goes from "
+             f"--lr down to --min-lr, so give a value <= {args.lr}")
+    need(args.lr_warmup_init >= 0, "--lr-warmup-init", args.lr_warmup_init, "the learning rate must be >= 0")
+    for flag, v in (("--adam-beta1", args.adam_beta1), ("--adam-beta2", args.adam_beta2)):
+        need(0 <= v < 1, flag, v, "an AdamW beta must be in [0, 1) (e.g. 0.9 / 0.999)")
+    need(args.adam_eps > 0, "--adam-eps", args.adam_eps, "AdamW's epsilon must be positive (e.g. 1e-8)")
+    need(args.weight_decay >= 0, "--weight-decay", args.weight_decay, "the weight decay must be >= 0")
+    need(args.clip_grad >= 0, "--clip-grad", args.clip_grad, "the gradient-norm bound must be >= 0 (0 = off)")
+    if args.lr_warmup_fraction is not None:
+        need(0 <= args.lr_warmup_fraction <= 1, "--lr-warmup-fraction", args.lr_warmup_fraction,
+             "a fraction of the decay length must be in [0, 1]")
+    need(args.lr_warmup_iters >= 0, "--lr-warmup-iters", args.lr_warmup_iters, "must be >= 0")
+    if args.lr_decay_iters is not None:
+        need(args.lr_decay_iters > 0, "--lr-decay-iters", args.lr_decay_iters, "must be positive")
+    need(0 <= args.seed < 2 ** 32, "--seed", args.seed, "a seed is in [0, 2**32)")
+    need(args.eval_iters >= 0, "--eval-iters", args.eval_iters, "must be >= 0")
+    need(0 <= args.lora_dropout < 1, "--lora-dropout", args.lora_dropout, "a dropout probability is in [0, 1)")
+
+
+def check_schedule(args: TrainingArgs):
+    """The learning-rate schedule of these flags can be built (warm-up shorter than the decay ...)."""
+    from mindspeed_ms.training.lr_schedule import LRSchedule
+    try:
+        LRSchedule.from_args(args)
+    except ValueError as e:
+        _err(f"{e}.")
+
+
 @dataclass
 class Startup:
     """What `validate_args` established before any compute."""
@@ -325,8 +363,11 @@ def validate_args(args: TrainingArgs, world_size: int = 1, backend: str = "CPU",
         except DataConfigError:
             pass                # reported, still before any compute, when the data feed is built
     _check_file("--mm-model", args.mm_model, "model.json with the model structure")
+    from mindspeed_ms.config.model_json_checks import check_model_json
     try:
+        check_model_json(args.mm_model)
         model = load_model_json(args.mm_model)
+        notices += check_model_json(args.mm_model, model)
     except (ModelConfigError, ValueError) as e:
         _err(f"--mm-model {args.mm_model}: {e}")
     notices += check_against_model_json(args, model, args.mm_model)
@@ -344,6 +385,7 @@ def validate_args(args: TrainingArgs, world_size: int = 1, backend: str = "CPU",
         _err("--lr is required (the peak learning rate).")
     if args.lr_warmup_fraction is not None and args.lr_warmup_iters:
         _err("--lr-warmup-fraction and --lr-warmup-iters are mutually exclusive (Megatron rule): give one.")
+    check_value_ranges(args)
     if args.seq_length is None or args.seq_length <= 0:
         _err(f"--seq-length must be a positive number of tokens (got {args.seq_length}).")
     if args.micro_batch_size <= 0:
@@ -364,6 +406,7 @@ def validate_args(args: TrainingArgs, world_size: int = 1, backend: str = "CPU",
     except ParallelConfigError as e:
         _err(str(e))
     args.data_parallel_size = pcfg.dp
+    check_schedule(args)
 
     if args.load and not os.path.isdir(args.load):
         _err(f"--load {args.load}: no such directory. Give a checkpoint directory (with "

@@ -164,11 +164,13 @@ def test_skips_are_counted(tok_dir, media, caplog):
 
 
 @pytest.mark.parametrize("sample,pattern", [
-    (conv("<image>x", "y", ["img/missing.png"]), r"bad\.json: sample 1: image file not found: img/missing.png"),
+    (conv("<image>x", "y", ["img/missing.png"]),
+     r"bad\.json: sample 1: image file .img/missing.png. not found: neither \S*img/missing.png "
+     r"\(under basic_parameters.dataset_dir"),
     (conv("<image>x", "y", ["img/corrupt.jpg"]), r"bad\.json: sample 1: cannot read image .*corrupt.jpg"),
     (conv("<image><image>x", "y", ["img/a.png"]), r"bad\.json: sample 1: 2 <image> tag\(s\) in the messages but 1 image"),
     (conv("x", "y", ["img/a.png"]), r"bad\.json: sample 1: 0 <image> tag\(s\) in the messages but 1 image"),
-    (conv("<video>", "y", videos=["img/nope.mp4"]), r"bad\.json: sample 1: video not found"),
+    (conv("<video>", "y", videos=["img/nope.mp4"]), r"bad\.json: sample 1: video file 'img/nope.mp4' not found"),
 ])
 def test_bad_samples_raise_with_file_and_index(tok_dir, media, sample, pattern):
     (media / "img" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")

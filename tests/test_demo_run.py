@@ -11,8 +11,13 @@ import time
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SKIP = shutil.ignore_patterns("ckpt", "data", "runs", "logs", "msrun_log", ".git", "__pycache__", "save_dir*",
-                              "*.egg-info", ".pytest_cache")
+_EVERYWHERE = shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", ".pytest_cache", "msrun_log", "save_dir*")
+_TOP = {"ckpt", "data", "runs", "logs"}   # the run's own folders, at the top only (mindspeed_ms/data is code)
+
+
+def SKIP(path, names):
+    top = {n for n in names if n in _TOP} if os.path.samefile(path, ROOT) else set()
+    return top | set(_EVERYWHERE(path, names))
 
 
 def _run_demo(tmp_path, run_name, **env):
@@ -21,6 +26,9 @@ def _run_demo(tmp_path, run_name, **env):
         shutil.copytree(ROOT, repo, ignore=SKIP)
     run_dir = repo / "runs" / run_name
     e = dict(os.environ, PYTHON=sys.executable, RUN_DIR=str(run_dir), MASTER_PORT=str(6200 + len(run_name)), **env)
+    # the copy's code and commands, as `source auto_convert.sh mm` in the copy would set them
+    e["PYTHONPATH"] = str(repo)
+    e["PATH"] = f"{repo / 'bin'}:{e.get('PATH', '')}"
     t0 = time.time()
     res = subprocess.run(["bash", "examples/mindspore/qwen2vl/run_tiny_demo.sh"], cwd=repo, env=e,
                          capture_output=True, text=True, timeout=1800)

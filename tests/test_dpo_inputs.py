@@ -11,7 +11,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from train_synthetic import small_model_json  # noqa: E402
 
-from mindspeed_ms.rl.dpo_trainer import main  # noqa: E402
+from mindspeed_ms.rl.posttrain import main  # noqa: E402
 from mindspeed_ms.training.checkpointing import save_checkpoint  # noqa: E402
 
 ROOT = os.path.dirname(HERE)
@@ -113,20 +113,3 @@ def test_lora_checkpoint_as_base_needs_load_base_model(files, tmp_path):
         np.testing.assert_array_equal(v, a_before[k])
 
 
-HERE_DPO = os.path.dirname(os.path.abspath(__file__))
-
-
-@pytest.mark.parametrize("flags,world", [("--tensor-model-parallel-size 2", 2), ("--context-parallel-size 2", 2),
-                                         ("--use-distributed-optimizer", 2)])
-def test_sharded_layouts_stop_before_compute_on_ascend(flags, world):
-    """DPO has no semi-auto-parallel step: on Ascend a TP/PP (or distributed-optimizer) layout is an
-    error naming the layout and what to run instead; plain data parallel passes."""
-    from mindspeed_ms.arguments import ArgumentError, parse_args, validate_args
-    from mindspeed_ms.rl.dpo_trainer import check_dpo_layout
-    mj = os.path.join(os.path.dirname(HERE_DPO), "examples", "mindspore", "qwen2vl", "model_tiny.json")
-    args = parse_args(f"--mm-model {mj} --seq-length 64 --lr 1e-4 --train-iters 1 {flags}".split())
-    startup = validate_args(args, world, "Ascend", require_data=False)
-    with pytest.raises(ArgumentError, match="needs the semi-auto-parallel DPO step.*--tensor-model-parallel-size 1"):
-        check_dpo_layout(startup, "Ascend")
-    args = parse_args(f"--mm-model {mj} --seq-length 64 --lr 1e-4 --train-iters 1".split())
-    check_dpo_layout(validate_args(args, 2, "Ascend", require_data=False), "Ascend")   # plain DP

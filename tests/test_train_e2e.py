@@ -33,7 +33,7 @@ def _flags(work, extra=""):
 
 
 def test_bad_input_stops_before_compute(tmp_path, capfd, monkeypatch):
-    from mindspeed_ms.training.trainer import main
+    from mindspeed_ms.training.pretrain import main
     rc = main(f"--mm-data {tmp_path}/missing.json --mm-model {TINY_MODEL} --seq-length 64 --lr 1e-4 "
               f"--train-iters 2".split())
     err = [l for l in capfd.readouterr().err.splitlines() if l.startswith("error:")]

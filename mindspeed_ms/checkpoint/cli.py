@@ -121,6 +121,7 @@ def main(argv=None):
     from .hf_io import CheckpointError
     from .layout import LayoutDirError
     from .names import ConversionError
+    from .output_dir import OutputDirError
     from .pp_split import LayoutError
     from .safetensors_io import SafetensorsError
     from .tp_split import TPSplitError
@@ -128,8 +129,11 @@ def main(argv=None):
     try:
         out = run(argv)
     except (CheckpointError, LayoutDirError, ConversionError, LayoutError, SafetensorsError, TPSplitError,
-            TorchFormatError, UnsafePickleError) as e:
+            TorchFormatError, UnsafePickleError, OutputDirError) as e:
         print(f"mm-convert: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # unwritable output, full disk, a file where a directory must be
+        print(f"mm-convert: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2
     print(f"mm-convert: wrote {out}")
     return 0

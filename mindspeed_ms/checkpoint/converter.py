@@ -13,7 +13,9 @@ import uuid
 
 from .hf_io import (SINGLE_FILE, CheckpointError, HFCheckpoint, copy_hf_side_files,
                     write_hf_index)
+from .layout import LATEST_FILE, tag_dir_name
 from .mm_io import MMCheckpointReader, write_mm_checkpoint
+from .output_dir import MANIFEST, check_output_dir, read_manifest, write_manifest
 from .names import (MM_OUTPUT, ConversionError, Dims, _FUSE, _UNFUSE, check_fusion_shapes, hf_entry_for_mm,
                     normalize_hf_name, plan_from_hf_names, scheme_for_model_type)
 from .pp_split import LayoutError, ParallelLayout
@@ -47,14 +49,23 @@ def _check_family(dims, model_type, hf_dir):
 def hf_to_mm(hf_dir, mm_dir, llm_pp_layers, vit_pp_layers, tp_size=1, fmt="pt", progress=True, model_type=None):
     """HF directory -> MindSpeed-MM `release` checkpoint in `mm_dir` with the given layout
     (`model_type`: the converter's family, checked against config.json; None = any)."""
+    check_output_dir(mm_dir, "--cfg.mm_dir", "hf_to_mm", {"--cfg.hf_config.hf_dir": hf_dir})
     ckpt = HFCheckpoint(hf_dir)
     dims = Dims.from_hf_config(ckpt.config)
     _check_family(dims, model_type, hf_dir)
     layout = ParallelLayout.build(tp_size, llm_pp_layers, vit_pp_layers)
     layout.validate(dims)
     source = _HFAsMM(ckpt, dims)
-    return write_mm_checkpoint(mm_dir, "release", source, layout, fmt=fmt, progress=progress,
-                               tp_rules=scheme_for_model_type(dims.model_type).tp_rules)
+    return _write_mm(mm_dir, "hf_to_mm", "release", source, layout, fmt, progress,
+                     scheme_for_model_type(dims.model_type).tp_rules)
+
+
+def _write_mm(root, command, tag, source, layout, fmt, progress, tp_rules):
+    """write_mm_checkpoint, then record the tag directory and the pointer file as this tool's own."""
+    mine = read_manifest(root) if os.path.isdir(str(root)) else set()
+    out = write_mm_checkpoint(root, tag, source, layout, fmt=fmt, progress=progress, tp_rules=tp_rules)
+    write_manifest(root, command, mine | {tag_dir_name(tag), LATEST_FILE})
+    return out
 
 
 def _check_given_layout(reader, tp_size, llm_pp_layers, vit_pp_layers, what):
@@ -81,10 +92,14 @@ def _show(rows):
 
 
 class _AtomicDir:
-    """Build a directory under a sibling temporary name; rename it into place on success."""
+    """Build a directory under a sibling temporary name; publish it on success.
 
-    def __init__(self, final):
-        self.final = os.path.abspath(str(final))
+    A new (or empty) `final` becomes the temporary directory by one rename. A `final` that holds an
+    earlier mm-convert output (checked by `check_output_dir` before anything was written) gets the new
+    files moved in one by one; of its old entries only those its manifest lists are replaced or removed."""
+
+    def __init__(self, final, command):
+        self.final, self.command = os.path.abspath(str(final)), command
 
     def __enter__(self):
         parent = os.path.dirname(self.final)
@@ -97,13 +112,22 @@ class _AtomicDir:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return False
-        old = None
-        if os.path.exists(self.final):
-            old = f"{self.final}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(self.final, old)
-        os.rename(self.tmp, self.final)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
+        new = sorted(os.listdir(self.tmp))
+        if not os.path.exists(self.final):
+            write_manifest(self.tmp, self.command, new)
+            os.rename(self.tmp, self.final)
+            return False
+        old_mine = read_manifest(self.final)
+        for name in new:
+            os.replace(os.path.join(self.tmp, name), os.path.join(self.final, name))
+        os.rmdir(self.tmp)
+        for name in sorted(old_mine - set(new) - {MANIFEST}):  # e.g. shards of an earlier plan: ours
+            path = os.path.join(self.final, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.lexists(path):
+                os.remove(path)
+        write_manifest(self.final, self.command, new)
         return False
 
 
@@ -111,13 +135,13 @@ def mm_to_hf(mm_dir, hf_dir, save_hf_dir, llm_pp_layers=None, vit_pp_layers=None
              tag=None, progress=True, model_type=None):
     """MM checkpoint -> HF directory `save_hf_dir`: shards follow `hf_dir`'s index (or one file), the
     other files of `hf_dir` (config, tokenizer, processor) are copied, tensor dtypes are kept."""
+    check_output_dir(save_hf_dir, "--cfg.save_hf_dir", "mm_to_hf",
+                     {"--cfg.hf_config.hf_dir": hf_dir, "--cfg.mm_dir": mm_dir})
     src = HFCheckpoint(hf_dir)
     dims = Dims.from_hf_config(src.config)
     _check_family(dims, model_type, hf_dir)
     reader = MMCheckpointReader(mm_dir, tag, scheme_for_model_type(dims.model_type).tp_rules)
     _check_given_layout(reader, tp_size, llm_pp_layers, vit_pp_layers, "--cfg.parallel_config")
-    if os.path.abspath(str(save_hf_dir)) == os.path.abspath(str(hf_dir)):
-        raise CheckpointError(f"save_hf_dir {save_hf_dir} is the source hf_dir: choose another directory")
     want = src.keys()  # names exactly as in the source (old or new transformers style)
     by_norm = {normalize_hf_name(n): n for n in want}
     # Which MM tensor each HF tensor comes from, and which part of its unfusion it is.
@@ -156,7 +180,7 @@ def mm_to_hf(mm_dir, hf_dir, save_hf_dir, llm_pp_layers=None, vit_pp_layers=None
         from tqdm import tqdm
         bar = tqdm(total=len(want), desc="mm_to_hf", unit="tensor")
     weight_map, total = {}, 0
-    with _AtomicDir(save_hf_dir) as tmp:
+    with _AtomicDir(save_hf_dir, "mm_to_hf") as tmp:
         for shard in shards:
             names = [n for n in want if src.file_of(n) == shard]
             tensors = {}
@@ -186,6 +210,8 @@ def resplit(source_dir, target_dir, target_llm_pp_layers, target_vit_pp_layers, 
     Only the model is carried over (optimizer state is layout-specific). With `hf_dir`, its config.json
     is used for the kv-head checks and to drop a tied model's pipeline copy of the head at target pp 1.
     `model_type`: the family (HF model_type) whose TP rules apply; `hf_dir`'s config must agree."""
+    check_output_dir(target_dir, "--cfg.target_dir", "resplit",
+                     {"--cfg.source_dir": source_dir, "--cfg.hf_config.hf_dir": hf_dir})
     tp_rules = scheme_for_model_type(model_type).tp_rules
     reader = MMCheckpointReader(source_dir, tag, tp_rules)
     _check_given_layout(reader, source_tp_size, source_llm_pp_layers, source_vit_pp_layers,
@@ -203,8 +229,7 @@ def resplit(source_dir, target_dir, target_llm_pp_layers, target_vit_pp_layers, 
             source = _Without(reader, MM_OUTPUT)
     if os.path.abspath(str(source_dir)) == os.path.abspath(str(target_dir)):
         raise LayoutError("resplit target_dir must differ from source_dir (the source is read while writing)")
-    return write_mm_checkpoint(target_dir, reader.tag, source, target, fmt=fmt or reader.fmt, progress=progress,
-                               tp_rules=tp_rules)
+    return _write_mm(target_dir, "resplit", reader.tag, source, target, fmt or reader.fmt, progress, tp_rules)
 
 
 class _Without:

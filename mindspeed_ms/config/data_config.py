@@ -340,4 +340,6 @@ def load_data_json(path):
             obj = json.load(f)
         except json.JSONDecodeError as e:
             raise DataConfigError(f"{path}: not valid JSON ({e})") from None
+        except UnicodeDecodeError as e:
+            raise DataConfigError(f"{path}: not UTF-8 text ({e}): save it as UTF-8 JSON") from None
     return parse_data_config(obj, path)

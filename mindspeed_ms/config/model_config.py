@@ -432,6 +432,8 @@ def load_model_json(path):
         raise ModelConfigError(f"{path}: model json not found (pass --mm-model with an existing file)") from None
     except json.JSONDecodeError as e:
         raise ModelConfigError(f"{path}: not valid JSON: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ModelConfigError(f"{path}: not UTF-8 text ({e}): save it as UTF-8 JSON") from None
     return model_config_from_dict(data, where=path)
 
 

@@ -89,6 +89,23 @@ def _processor_key(processor):
                                                 "rescale_factor", "do_rescale", "do_normalize")}
 
 
+_EMPTY_WARNINGS_PER_PROCESS = 5
+_empty_warned = [0]
+
+
+def _warn_empty_answers(sample, source, index):
+    """MindSpeed-MM trains on an empty assistant answer (its labels are then `<|im_end|>` alone); that
+    is kept, but said: it is usually a conversion mistake. A few lines per preprocessing process (the
+    count is not shared between worker processes, and a reused cache does not repeat them)."""
+    answers = [m for m in sample["prompt"] + sample["response"] if m["role"] in ("assistant", "function")]
+    if not any(not m["content"].strip() for m in answers) or _empty_warned[0] >= _EMPTY_WARNINGS_PER_PROCESS:
+        return
+    _empty_warned[0] += 1
+    more = " (further empty answers are not listed)" if _empty_warned[0] == _EMPTY_WARNINGS_PER_PROCESS else ""
+    logger.warning("%s: sample %d has an empty assistant answer: it trains on <|im_end|> alone, as in "
+                   "MindSpeed-MM; fix or drop the sample if that is not intended%s", source, index, more)
+
+
 class _Preprocessor:
     """The per-record function given to `datasets.map` (picklable for worker processes)."""
 
@@ -117,6 +134,7 @@ class _Preprocessor:
         row = dict(_EMPTY_ROW, source=self.source, index=index)
         try:
             s = align_example(example, self.attr, self.basic.dataset_dir)
+            _warn_empty_answers(s, self.source, index)
             row["images"], row["videos"] = s["images"], s["videos"]
             row["image_tokens"] = [self.image_tokens(p) for p in s["images"]]
             row["video_tokens"] = [self.video_tokens(p) for p in s["videos"]]
@@ -136,11 +154,11 @@ class _Preprocessor:
         return row
 
 
-def _load_json(path, cache_dir, streaming):
+def _load_json(path, cache_dir, streaming, key="basic_parameters.dataset"):
     import datasets
 
     if not os.path.isfile(path):
-        raise DataError(f"dataset file not found: {path} (basic_parameters.dataset)")
+        raise DataError(f"dataset file not found: {path} ({key})")
     try:
         return datasets.load_dataset("json", data_files=path, split="train", cache_dir=cache_dir, streaming=streaming)
     except Exception as e:  # datasets wraps JSON errors in DatasetGenerationError
@@ -176,9 +194,10 @@ class SkipReport:
             logger.warning("%s: skipped %d sample(s): %s", what, self.total, detail)
 
 
-def _preprocess_file(path, cfg, tokenizer, seq_length, max_samples, fingerprint_base, report, processor):
+def _preprocess_file(path, cfg, tokenizer, seq_length, max_samples, fingerprint_base, report, processor,
+                     key="basic_parameters.dataset"):
     b = cfg.basic_parameters
-    ds = _load_json(path, b.cache_dir, streaming=False)
+    ds = _load_json(path, b.cache_dir, streaming=False, key=key)
     if max_samples:
         ds = ds.select(range(min(len(ds), max_samples)))
     fn = _Preprocessor(cfg, tokenizer, seq_length, path, processor)
@@ -313,7 +332,9 @@ def _build_split(paths, cfg, tokenizer, seq_length, max_samples, what, processor
 
     report = SkipReport()
     base = _fingerprint_base(cfg, tokenizer, seq_length, processor)
-    parts = [_preprocess_file(p, cfg, tokenizer, seq_length, max_samples, base, report, processor) for p in paths]
+    key = "basic_parameters.val_dataset" if what == "validation" else "basic_parameters.dataset"
+    parts = [_preprocess_file(p, cfg, tokenizer, seq_length, max_samples, base, report, processor, key)
+             for p in paths]
     report.log(f"preprocessing {what}")
     rows = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     return rows, report

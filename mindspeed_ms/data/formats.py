@@ -14,8 +14,9 @@ class BrokenSample(ValueError):
     """A sample MindSpeed-MM skips (with a warning) rather than failing the run."""
 
 
-def find_media(files, dataset_dir):
-    """Media paths of a sample: joined to `dataset_dir` when that file exists, else as written."""
+def find_media(files, dataset_dir, kind=None):
+    """Media paths of a sample: joined to `dataset_dir` when that file exists, else as written.
+    With `kind` ("image" / "video"), a path found in neither place is an error naming both."""
     if files is None:
         return []
     if isinstance(files, str):
@@ -27,7 +28,15 @@ def find_media(files, dataset_dir):
         if not isinstance(f, str):
             raise ValueError(f"media path must be a string, got {f!r}")
         joined = os.path.join(dataset_dir, f) if dataset_dir else f
-        out.append(joined if os.path.isfile(joined) or os.path.isdir(joined) else f)
+        if os.path.isfile(joined) or os.path.isdir(joined):
+            out.append(joined)
+        elif kind is None or os.path.isfile(f) or os.path.isdir(f):
+            out.append(f)
+        else:
+            where = (f"{os.path.abspath(joined)} (under basic_parameters.dataset_dir {dataset_dir!r}) nor "
+                     if dataset_dir and joined != f else "")
+            raise ValueError(f"{kind} file {f!r} not found: neither {where}{os.path.abspath(f)} (the working "
+                             f"directory) exists; fix dataset_dir in data.json or the path in the dataset")
     return out
 
 
@@ -37,12 +46,24 @@ def _get(example, column, what):
     return example[column]
 
 
+def _text(example, column, what):
+    """A text column's value ('' when absent or null); anything but a string is an error naming it."""
+    value = example.get(column)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"column {column!r} (attr.{what}) must hold text, got {type(value).__name__} {value!r:.80}")
+    return value
+
+
 def _message(msg, attr, where):
     if not isinstance(msg, dict):
         raise BrokenSample(f"{where} is not an object: {msg!r}")
     role, content = msg.get(attr.role_tag), msg.get(attr.content_tag)
     if not isinstance(content, str):
         raise BrokenSample(f"{where} has no string {attr.content_tag!r}")
+    if not isinstance(role, str):   # a list or object can be no role tag: the sample is skipped, as a bad tag
+        raise BrokenSample(f"{where} has {attr.role_tag!r} {role!r}, not a role tag string")
     return role, content
 
 
@@ -58,7 +79,7 @@ def align_sharegpt(example, attr):
         system = _message(messages[0], attr, "message 0")[1]
         messages = messages[1:]
     elif attr.system:
-        system = example.get(attr.system) or ""
+        system = _text(example, attr.system, "system")
     aligned = []
     for i, msg in enumerate(messages):
         role, content = _message(msg, attr, f"message {i}")
@@ -89,8 +110,11 @@ def align_alpaca(example, attr):
         for old in example[attr.history]:
             if not (isinstance(old, (list, tuple)) and len(old) == 2):
                 raise BrokenSample(f"{attr.history!r} must hold [prompt, response] pairs")
+            if not all(isinstance(t, str) for t in old):
+                raise BrokenSample(f"{attr.history!r} must hold [prompt, response] string pairs")
             prompt += [{"role": "user", "content": old[0]}, {"role": "assistant", "content": old[1]}]
-    query = [example[c] for c in (attr.prompt, attr.query) if c and example.get(c)]
+    query = [_text(example, c, what) for c, what in ((attr.prompt, "prompt"), (attr.query, "query"))
+             if c and example.get(c)]
     prompt.append({"role": "user", "content": "\n".join(query)})
     if attr.ranking:
         c, r = example.get(attr.chosen), example.get(attr.rejected)
@@ -102,7 +126,7 @@ def align_alpaca(example, attr):
         if not isinstance(out, str):
             raise BrokenSample(f"alpaca sample has no string {attr.response!r}")
         response = [{"role": "assistant", "content": out}]
-    system = (example.get(attr.system) or "") if attr.system else ""
+    system = _text(example, attr.system, "system") if attr.system else ""
     return {"prompt": prompt, "response": response, "system": system}
 
 
@@ -110,6 +134,6 @@ def align_example(example, attr, dataset_dir):
     """One raw JSON record -> aligned sample (see module docstring)."""
     fn = align_sharegpt if attr.formatting == "sharegpt" else align_alpaca
     out = fn(example, attr)
-    out["images"] = find_media(example.get(attr.images), dataset_dir) if attr.images else []
-    out["videos"] = find_media(example.get(attr.videos), dataset_dir) if attr.videos else []
+    out["images"] = find_media(example.get(attr.images), dataset_dir, "image") if attr.images else []
+    out["videos"] = find_media(example.get(attr.videos), dataset_dir, "video") if attr.videos else []
     return out

@@ -39,7 +39,12 @@ def load_image(src):
         img = Image.open(src)
         img.load()  # decode now so a truncated file fails here, not later in a worker
     except FileNotFoundError:
-        raise MediaError(f"image file not found: {name}") from None
+        raise MediaError(f"image file not found: {name} (looked for {os.path.abspath(name)})") from None
+    except Image.DecompressionBombError as e:
+        # PIL refuses images above 2 x Image.MAX_IMAGE_PIXELS before decoding them (a decompression bomb
+        # or an image far beyond any max_pixels); an Exception, not an OSError
+        raise MediaError(f"image {name} is too large to open safely ({e}); shrink the image (or drop it from "
+                         f"the dataset)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise MediaError(f"cannot read image {name}: {e}") from None
     return img

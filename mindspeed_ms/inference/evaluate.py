@@ -111,6 +111,10 @@ def main(argv=None):
     p.add_argument("--output", help="write accuracies and every prediction to this JSON file")
     p.set_defaults(max_new_tokens=10)
     a = p.parse_args(argv)
+    for flag, value in (("--batch-size", a.batch_size), ("--limit", a.limit)):
+        if value is not None and value < 1:
+            print(f"evaluate: error: {flag} {value}: give a positive number of samples", file=sys.stderr)
+            return 2
     try:
         samples = load_eval_samples(a.data, a.types, a.dataset_dir)[:a.limit]
         loaded, builder, sampling = build_from_args(a)

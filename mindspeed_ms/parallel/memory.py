@@ -26,6 +26,13 @@ Model of the bytes (documented in docs/parallel.md):
   tp > 1 keeps the vocab-parallel plain loss: logits in the compute dtype plus fp32
   log-probabilities, both vocab-split.
 
+DPO (`dpo=True`, posttrain_qwen2vl_dpo.py's sharded step, rl/sharded_dpo.py): a micro-batch of
+mbs pairs runs 2 x mbs rows (chosen + rejected) through the policy, and the per-row log-probs use
+the plain (vocab-parallel with tp > 1) loss at any tp: logits plus fp32 log-probabilities. The
+reference runs forward-only before the step (nothing saved for backward; its transient is below the
+step's peak); its weights are the policy's own with LoRA and the base model as reference (adapters
+gated off), or a second frozen copy (`dpo_reference_copy`: + the weights of one stage again).
+
 Not modelled: graph compilation (about 0.5 GB of host memory for the tiny model on CPU), the
 framework itself, communication buffers and allocator fragmentation.
 """
@@ -111,11 +118,12 @@ CHUNKED_LOSS_BUFFERS = 3            # one chunk's logits, softmax and softmax - 
 LOSS_CHUNKS = 4                     # Qwen2VLForConditionalGeneration.linear_cross_entropy
 
 
-def _loss_bytes(t, cfg, b, s, act_b):
-    """Bytes of the output layer + loss on the last stage for one micro-batch."""
+def _loss_bytes(t, cfg, b, s, act_b, plain=False):
+    """Bytes of the output layer + loss on the last stage for one micro-batch (`plain`: the DPO
+    log-probs, which never use the fused chunked loss)."""
     tok = b * s // cfg.cp
     vocab = t.vocab_size // cfg.tp
-    if cfg.tp > 1:
+    if cfg.tp > 1 or plain:
         # vocab-parallel plain loss: logits in the compute dtype plus fp32 log-probabilities
         return tok * vocab * (act_b + 4)
     grad_w = t.vocab_size * t.hidden_size * 4
@@ -133,9 +141,12 @@ def _in_flight(cfg, stage):
 
 
 def estimate_memory(plan: ShardPlan, dtype: str = "bf16", vision_patches: Optional[int] = None,
-                    seq_length: Optional[int] = None) -> List[StageMemory]:
+                    seq_length: Optional[int] = None, dpo: bool = False,
+                    dpo_reference_copy: bool = False) -> List[StageMemory]:
     """Per-stage memory of one device. `dtype` "bf16" (Ascend) or "fp32" (CPU); `seq_length` and
-    `vision_patches` (patches per sample; default: none) describe one micro-batch's sample."""
+    `vision_patches` (patches per sample; default: none) describe one micro-batch's sample.
+    `dpo`: a DPO step (2 rows per pair, plain log-probs); `dpo_reference_copy`: its reference is a
+    second frozen copy of the weights (without LoRA; see the module docstring)."""
     if dtype not in ("bf16", "fp32"):
         raise ValueError(f"estimate_memory: dtype must be 'bf16' or 'fp32', got {dtype!r}")
     cfg, mc = plan.cfg, plan.model_cfg
@@ -144,7 +155,7 @@ def estimate_memory(plan: ShardPlan, dtype: str = "bf16", vision_patches: Option
     w_b, g_b, o_b = (2, 4, 12) if dtype == "bf16" else (4, 8, 8)
     opt_div = cfg.dp if cfg.use_distributed_optimizer else 1
     s = cfg.padded_seq_length(seq_length or cfg.seq_length or 1)
-    b = cfg.micro_batch_size
+    b = cfg.micro_batch_size * (2 if dpo else 1)
     n_patches = b * (vision_patches or 0)
     flash = plan.flash_attention
     t_rc, v_rc = cfg.text_recompute, cfg.vision_recompute
@@ -174,14 +185,15 @@ def estimate_memory(plan: ShardPlan, dtype: str = "bf16", vision_patches: Option
                     layer = _vit_layer_acts(v, cfg, n_patches, flash)
                     full_layer = max(full_layer, layer)
                     elems += n_patches * v.hidden_size if i in rc_vit else layer
-            loss = _loss_bytes(t, cfg, b, s, act_b) if pl.output_layer else 0
+            loss = _loss_bytes(t, cfg, b, s, act_b, plain=dpo) if pl.output_layer else 0
             acts_chunks.append((elems + loss / act_b, full_layer))
         held = _in_flight(cfg, stage)
         per_chunk = sum(e for e, _ in acts_chunks) / max(1, cfg.vpp) if cfg.vpp > 1 else sum(e for e, _ in acts_chunks)
         transient = max((f for _, f in acts_chunks), default=0) if (t_rc.granularity == "full" or
                                                                     v_rc.granularity == "full") else 0
         act = int((per_chunk * held + transient) * act_b)
-        out.append(StageMemory(stage=stage, params=params, trainable=trainable, weight_bytes=params * w_b,
+        ref_copy = params * w_b if (dpo and dpo_reference_copy) else 0
+        out.append(StageMemory(stage=stage, params=params, trainable=trainable, weight_bytes=params * w_b + ref_copy,
                                grad_bytes=trainable * g_b, optimizer_bytes=trainable * o_b // opt_div,
                                activation_bytes=act, in_flight=held))
     return out

@@ -46,6 +46,14 @@ def build_parser():
                    help="LoRA run: the adapters' strategies and shapes, and memory with only the adapters trained")
     p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (with --lora-target-modules)")
     p.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout (with --lora-target-modules)")
+    p.add_argument("--dpo", action="store_true",
+                   help="a DPO run (posttrain_qwen2vl_dpo.py): chosen + rejected rows per pair and the reference "
+                        "model (with LoRA: the base, adapters off; else a frozen copy of the weights)")
+    p.add_argument("--llm-pp-layers", type=int, nargs="+", default=None,
+                   help="LLM layers per pipeline stage instead of model.json's pipeline_num_layers (mm-convert's "
+                        "llm_pp_layers)")
+    p.add_argument("--vit-pp-layers", type=int, nargs="+", default=None,
+                   help="ViT layers per pipeline stage instead of model.json's pipeline_num_layers")
     return p
 
 
@@ -60,6 +68,10 @@ def run(argv=None, out=sys.stdout) -> int:
     except ModelConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.llm_pp_layers is not None:
+        model.text.pipeline_num_layers = list(args.llm_pp_layers)
+    if args.vit_pp_layers is not None:
+        model.vision.pipeline_num_layers = list(args.vit_pp_layers)
     if args.global_batch_size is None:
         dp = max(1, args.num_devices // max(1, args.tensor_model_parallel_size * args.pipeline_model_parallel_size
                                              * args.context_parallel_size))
@@ -94,7 +106,10 @@ def run(argv=None, out=sys.stdout) -> int:
            if cfg.pipeline_micro_batches > cfg.num_micro_batches else "") + ")"
       + (", sequence parallel" if cfg.sequence_parallel else "")
       + (", distributed optimizer" if cfg.use_distributed_optimizer else "")
-      + (f"; LoRA r {lora.r} on {len(plan.lora_modules)} linears (base frozen)" if lora else "") + "\n")
+      + (f"; LoRA r {lora.r} on {len(plan.lora_modules)} linears (base frozen)" if lora else "")
+      + ("; DPO: 2 rows (chosen + rejected) per pair, reference = "
+         + ("the base model (LoRA adapters off, no second copy)" if lora else "a frozen copy of the weights")
+         if args.dpo else "") + "\n")
     for note in cfg.notices + plan.notes:
         w(f"note: {note}\n")
 
@@ -144,7 +159,8 @@ def run(argv=None, out=sys.stdout) -> int:
       + (f" sharded over dp {cfg.dp}" if cfg.use_distributed_optimizer else "") + "), GiB:\n")
     w("  stage   params(B)  weights    grads optimizer activations    total  in-flight\n")
     over = []
-    for st in estimate_memory(plan, dtype=dtype, vision_patches=args.vision_patches):
+    for st in estimate_memory(plan, dtype=dtype, vision_patches=args.vision_patches, dpo=args.dpo,
+                              dpo_reference_copy=args.dpo and lora is None):
         w(f"  {st.stage:5d} {st.params / 1e9:11.3f} {_fmt_gib(st.weight_bytes)} {_fmt_gib(st.grad_bytes)} "
           f"{_fmt_gib(st.optimizer_bytes)}    {_fmt_gib(st.activation_bytes)} {_fmt_gib(st.total_bytes)} "
           f"{st.in_flight:10d}\n")

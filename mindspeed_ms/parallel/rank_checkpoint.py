@@ -70,14 +70,21 @@ def shared_tmp_dir(root: str, iteration: int) -> str:
 def write_rank_file(root: str, iteration: int, plan: ShardPlan, tp_rank: int, pp_rank: int,
                     mm_stage: Dict[str, np.ndarray], fmt: str = "torch", extra: Optional[Dict] = None) -> str:
     """Write rank (tp_rank, pp_rank)'s file into the iteration's shared temporary directory."""
+    return write_rank_parts(root, iteration, plan, tp_rank, pp_rank, rank_parts(mm_stage, plan, tp_rank, pp_rank),
+                            fmt, extra)
+
+
+def write_rank_parts(root: str, iteration: int, plan: ShardPlan, tp_rank: int, pp_rank: int, parts: Dict,
+                     fmt: str = "torch", extra: Optional[Dict] = None) -> str:
+    """Write rank (tp_rank, pp_rank)'s file from its model parts ({"model": {local name: slice}} or
+    model0, model1, ... with VPP) into the iteration's shared temporary directory."""
     layout = checkpoint_layout(plan)
     d = os.path.join(shared_tmp_dir(root, iteration), rank_dir_name(tp_rank, pp_rank, layout.pp))
     if os.path.isdir(d):
         shutil.rmtree(d)
     os.makedirs(d)
     kind = "safetensors" if fmt == "safetensors" else "pt"
-    write_rank_payload(os.path.join(d, FORMATS[kind]), kind, rank_parts(mm_stage, plan, tp_rank, pp_rank), extra,
-                     layout.vpp)
+    write_rank_payload(os.path.join(d, FORMATS[kind]), kind, parts, extra, layout.vpp)
     return d
 
 

@@ -79,9 +79,11 @@ def load_base_weights(model, base_dir: str, adapters: LoRAAdapters, logger=None,
         logger.print(f" > LoRA base model loaded from {base_dir} ({len(base_params)} tensors, frozen)")
 
 
-def attach_lora(model, args, logger=None, plan_tp: int = 1) -> Optional[LoRASession]:
+def attach_lora(model, args, logger=None, plan_tp: int = 1, load_base: bool = True) -> Optional[LoRASession]:
     """With --lora-target-modules: adapters on, base frozen and loaded; None otherwise. `plan_tp`:
-    the tensor-parallel size of a sharded run (its parameters hold the GLU rows per rank)."""
+    the tensor-parallel size of a sharded run (its parameters hold the GLU rows per rank).
+    `load_base=False`: a lazily built sharded model, whose rank loads only its base slices later
+    (`training.sharded_trainer`)."""
     from mindspeed_ms.training.trainer import TrainingError
     try:
         check_lora_args(args)
@@ -92,7 +94,7 @@ def attach_lora(model, args, logger=None, plan_tp: int = 1) -> Optional[LoRASess
     except LoRAConfigError as e:
         raise TrainingError(str(e)) from None
     base_dir = args.load_base_model or args.load
-    if base_dir:
+    if base_dir and load_base:
         load_base_weights(model, base_dir, adapters, logger, plan_tp)
     elif logger is not None:
         logger.notice("LoRA without --load-base-model or --load: the base model is randomly initialised")

@@ -13,16 +13,14 @@ Same parser, checks, data feed, optimizer, checkpoints and logs as pretrain_vlm.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Dict, List, Optional
 
 import numpy as np
 
-from mindspeed_ms.arguments import ArgumentError, parse_args, validate_args
-from mindspeed_ms.rl.dpo_log import METRICS, DPOTrainLogger
+from mindspeed_ms.arguments import ArgumentError
+from mindspeed_ms.rl.dpo_log import METRICS
 from mindspeed_ms.rl.dpo_loss import DPOLoss, check_dpo_options
 from mindspeed_ms.rl.dpo_step import LOGP_KEYS, DPOForward, DPOLossCell, DPOMicroStep, ReferenceLogProbs
-from mindspeed_ms.training.backend import detect_backend, dist_env
 from mindspeed_ms.training.trainer import Trainer, TrainingError, load_model_state
 
 PROG = "posttrain_qwen2vl_dpo.py"
@@ -36,8 +34,9 @@ def _same_dir(a: Optional[str], b: Optional[str]) -> bool:
     return bool(a) and bool(b) and os.path.realpath(a) == os.path.realpath(b)
 
 
-def resolve_reference(args) -> str:
-    """The reference checkpoint directory (checked before any compute)."""
+def resolve_reference(args) -> Optional[str]:
+    """The reference checkpoint directory (checked before any compute); None for LoRA without any
+    checkpoint (the randomly initialised base, adapters off, is the reference)."""
     lora = bool(args.lora_target_modules)
     if args.ref_model is not None:
         if not os.path.isdir(args.ref_model):
@@ -48,6 +47,8 @@ def resolve_reference(args) -> str:
                                 f"is missing): point it at an mm-convert hf_to_mm output or a --save directory.")
         return args.ref_model
     start = (args.load_base_model or args.load) if lora else args.load
+    if lora and not start:
+        return None      # LoRA on a randomly initialised base (attach_lora says so): the reference is that base
     if not start:
         raise ArgumentError("DPO needs a frozen reference model: pass --ref-model (or --load, its default) with the "
                             "checkpoint the policy starts from.")
@@ -94,7 +95,7 @@ class FrozenReference:
 
 
 def build_reference(args, startup, backend, ref_dir, policy, lora):
-    if lora is not None and _same_dir(ref_dir, lora.base_dir):
+    if lora is not None and (ref_dir is None or _same_dir(ref_dir, lora.base_dir)):
         return AdapterOffReference(policy.network, lora.adapters)
     from mindspeed_ms.training.build import build_model
     from mindspeed_ms.training.checkpointing import CheckpointLoadError, load_checkpoint
@@ -107,20 +108,19 @@ def build_reference(args, startup, backend, ref_dir, policy, lora):
     return FrozenReference(ref, ref_dir)
 
 
-def check_dpo_layout(startup, backend: str):
-    """DPO has the data-parallel step only: a layout that needs semi-auto parallel (TP/PP/CP > 1 or
-    the distributed optimizer on Ascend) stops here, before any compute, instead of running each
-    rank on the whole model with the wrong data split."""
-    from mindspeed_ms.parallel.train_setup import uses_sharded_path
-    cfg = startup.parallel
-    if uses_sharded_path(cfg, backend):
-        raise ArgumentError(
-            f"{PROG}: tensor {cfg.tp} x pipeline {cfg.pp} x context {cfg.cp} parallel"
-            f"{' with --use-distributed-optimizer' if cfg.use_distributed_optimizer else ''} needs the "
-            f"semi-auto-parallel DPO step, which this version does not have (DPO runs data parallel only; "
-            f"docs/lora_dpo.md). Run DPO with --tensor-model-parallel-size 1 --pipeline-model-parallel-size 1 "
-            f"--context-parallel-size 1 (every device holds the whole model; with LoRA only the adapters train), "
-            f"or fine-tune with pretrain_vlm.py, whose sharded path covers this layout.")
+def check_dpo_args(args):
+    """The DPO and LoRA flags, before any compute (ValueError / LoRAConfigError naming the flag)."""
+    from mindspeed_ms.peft.lora_training import check_lora_args
+    check_dpo_options(args.dpo_loss_type, args.dpo_label_smoothing, args.dpo_beta)
+    check_lora_args(args)
+
+
+def check_ranking_data(args, cfg):
+    dl = cfg.dataloader_param
+    if dl.collate_param.model_name != "qwen2vl_dpo" or not cfg.attr.ranking:
+        raise ValueError(f"--mm-data {args.mm_data}: DPO needs ranking data (attr.ranking: true with attr.chosen / "
+                         f"attr.rejected naming the two answers, and collate_param.model_name \"qwen2vl_dpo\"), as in "
+                         f"examples/mindspore/qwen2vl/data_72b_dpo.json")
 
 
 def build_dpo_feed(args, startup, rank: int):
@@ -131,12 +131,10 @@ def build_dpo_feed(args, startup, rank: int):
     from mindspeed_ms.training.build import make_feed
 
     cfg = load_data_json(args.mm_data)
-    dl = cfg.dataloader_param
-    if dl.collate_param.model_name != "qwen2vl_dpo" or not cfg.attr.ranking:
-        raise ValueError(f"--mm-data {args.mm_data}: DPO needs ranking data (attr.ranking: true with attr.chosen / "
-                         f"attr.rejected naming the two answers, and collate_param.model_name \"qwen2vl_dpo\"), as in "
-                         f"examples/mindspore/qwen2vl/data_72b_dpo.json")
+    check_ranking_data(args, cfg)
     train, val = build_datasets(cfg, args.seq_length, seed=args.seed)
+    from mindspeed_ms.training.vocab_check import check_token_ids
+    check_token_ids((train, val), startup.model.text.vocab_size, args.mm_data, args.mm_model)
     from mindspeed_ms.training.build import batch_layout_for  # the model family's vision layout
     collator = build_collator(cfg, args.seq_length, batch_layout=batch_layout_for(startup.model))
     return make_feed(args, cfg, train, val, collator, rank)
@@ -212,49 +210,3 @@ class DPOTrainer(Trainer):
             total += loss
             steps += 1
         return total / steps if steps else None
-
-
-def main(argv=None) -> int:
-    """posttrain_qwen2vl_dpo.py: returns the process exit code."""
-    from mindspeed_ms.peft.lora_model import LoRAConfigError
-    from mindspeed_ms.peft.lora_training import check_lora_args
-    rank, world = dist_env()
-    is_log_rank = rank == world - 1
-    try:
-        args = parse_args(argv, prog=PROG)
-        check_dpo_options(args.dpo_loss_type, args.dpo_label_smoothing, args.dpo_beta)
-        check_lora_args(args)
-        backend = detect_backend()
-        startup = validate_args(args, world_size=world, backend=backend)
-        check_dpo_layout(startup, backend)
-        ref_dir = resolve_reference(args)
-        feed = build_dpo_feed(args, startup, rank)
-    except (ArgumentError, TrainingError, LoRAConfigError, ValueError, OSError) as e:
-        if rank == 0:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
-    logger = DPOTrainLogger(args.train_iters, is_log_rank, args.tensorboard_dir, log_tps=args.log_tps)
-    for n in startup.notices:
-        logger.notice(n)
-    from mindspeed_ms.training.wandb_writer import attach_wandb
-    attach_wandb(logger, args)
-    try:
-        from mindspeed_ms.peft.lora_training import attach_lora
-        from mindspeed_ms.training.build import build_model, init_runtime
-        init_runtime(args, backend, world, logger)
-        model = build_model(startup.model, args, backend)
-        lora = attach_lora(model, args, logger)     # LoRA: adapters on, base frozen and loaded here
-        reference = build_reference(args, startup, backend, ref_dir, model, lora)
-        trainer = DPOTrainer(args, startup, rank, world, logger, model, feed, reference)
-        if lora is not None:
-            lora.bind(trainer)
-        if args.load and (lora is None or lora.resume_from_load):
-            trainer.load()
-        trainer.train()
-    except TrainingError as e:
-        if rank == 0 or is_log_rank:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        logger.close()
-    return 0

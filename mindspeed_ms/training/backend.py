@@ -25,7 +25,12 @@ def detect_backend() -> str:
 
 
 def dist_env() -> Tuple[int, int]:
-    """(rank, world size) from the variables msrun exports to each worker (1 process: (0, 1))."""
+    """(rank, world size) from the variables msrun exports to each worker (1 process: (0, 1)).
+
+    Under msrun this also ties the worker's life to the launcher's (`launcher_guard`): every entry
+    point asks for its rank first, so no worker outlives a killed msrun."""
+    from mindspeed_ms.training.launcher_guard import follow_launcher
+    follow_launcher()
     if os.environ.get("MS_ROLE") == "MS_WORKER":
         return int(os.environ.get("MS_NODE_ID", os.environ.get("RANK_ID", "0"))), int(os.environ["MS_WORKER_NUM"])
     return int(os.environ.get("RANK_ID", "0")), int(os.environ.get("RANK_SIZE", "1"))

@@ -68,6 +68,9 @@ def build_feed(args, startup, rank: int, collator_options=None):
         raise ValueError(f"--mm-data {args.mm_data}: collate_param.model_name {dl.collate_param.model_name!r} is "
                          f"for preference training; use posttrain_qwen2vl_dpo.py with it")
     train, val = build_datasets(cfg, args.seq_length, seed=args.seed)
+    from mindspeed_ms.training.vocab_check import check_token_ids
+    if getattr(startup, "model", None) is not None:  # (callers that only want the data pass no model config)
+        check_token_ids((train, val), startup.model.text.vocab_size, args.mm_data, args.mm_model)
     options = dict(collator_options(train, cfg)) if collator_options else {}
     if getattr(startup, "model", None) is not None:  # callers without a model config keep Qwen2-VL's layout
         options.setdefault("batch_layout", batch_layout_for(startup.model))

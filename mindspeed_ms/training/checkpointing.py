@@ -38,8 +38,10 @@ def _single_rank_layout(model: Dict[str, np.ndarray]) -> ParallelLayout:
 
 
 def _remove_leftovers(root: str):
-    """Temporary directories of a run killed while saving (never referenced by `latest`)."""
-    if not os.path.isdir(root):
+    """Temporary directories of a run killed while saving (never referenced by `latest`). Skipped while
+    another live run holds the --save lock: they may be that run's save in progress."""
+    from mindspeed_ms.training.save_lock import held_by_other
+    if not os.path.isdir(root) or held_by_other(root):
         return
     for name in os.listdir(root):
         if name.startswith((".tmp-iter_", ".old-iter_")):

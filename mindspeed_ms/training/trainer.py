@@ -1,4 +1,4 @@
-"""The training loop behind pretrain_vlm.py.
+"""The training loop behind pretrain_vlm.py (its entry point: training/pretrain.py).
 
 Order of things: parse and validate everything (flags, data.json, model.json, parallel layout,
 --load) before any compute; then initialise the communication (msrun workers become DP ranks),
@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from typing import Dict, List, Optional
 
 import numpy as np
 
-from mindspeed_ms.arguments import ArgumentError, Startup, TrainingArgs, parse_args, validate_args
-from mindspeed_ms.training.backend import detect_backend, dist_env
+from mindspeed_ms.arguments import Startup, TrainingArgs
 from mindspeed_ms.training.empty_micro_batches import pad_with_empty
 from mindspeed_ms.training.loss_weights import count_valid_tokens, make_loss_weights
 from mindspeed_ms.training.lr_schedule import LRSchedule
@@ -359,56 +357,3 @@ class Trainer:
             if png:
                 self.log.print(f" > loss curve: {png}")
         return trained
-
-
-def main(argv=None) -> int:
-    """pretrain_vlm.py: returns the process exit code."""
-    rank, world = dist_env()
-    is_log_rank = rank == world - 1
-    try:
-        args = parse_args(argv)
-        backend = detect_backend()
-        startup = validate_args(args, world_size=world, backend=backend)
-        from mindspeed_ms.parallel.train_setup import uses_sharded_path
-        # Ascend with TP/PP/CP (or the distributed optimizer): the semi-auto-parallel step of
-        # training.sharded_trainer; on CPU validate_args has already stopped such layouts
-        sharded = uses_sharded_path(startup.parallel, backend)
-        if sharded:
-            from mindspeed_ms.training.sharded_trainer import build_sharded_feed
-            feed = build_sharded_feed(args, startup, rank, backend)
-        else:
-            from mindspeed_ms.training.build import build_feed
-            feed = build_feed(args, startup, rank)
-    except (ArgumentError, TrainingError, ValueError, OSError) as e:
-        if rank == 0:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
-    logger = TrainLogger(args.train_iters, is_log_rank, args.tensorboard_dir, log_tps=args.log_tps)
-    for n in startup.notices:
-        logger.notice(n)
-    from mindspeed_ms.training.wandb_writer import attach_wandb
-    attach_wandb(logger, args)
-    try:
-        from mindspeed_ms.training.build import build_model, init_runtime
-        init_runtime(args, backend, world, logger, data_parallel=not sharded)
-        model = build_model(startup.model, args, backend)
-        from mindspeed_ms.peft.lora_training import attach_lora
-        # --lora-target-modules: adapters on, base frozen + loaded (in the sharded run's GLU order)
-        lora = attach_lora(model, args, logger, plan_tp=startup.parallel.tp if sharded else 1)
-        if sharded:
-            from mindspeed_ms.training.sharded_trainer import ShardedTrainer
-            trainer = ShardedTrainer(args, startup, rank, world, logger, model, feed, backend)
-        else:
-            trainer = Trainer(args, startup, rank, world, logger, model, feed)
-        if lora is not None:
-            lora.bind(trainer)
-        if args.load and (lora is None or lora.resume_from_load):
-            trainer.load()
-        trainer.train()
-    except TrainingError as e:
-        if rank == 0 or is_log_rank:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        logger.close()
-    return 0

@@ -23,22 +23,21 @@ export ACLNN_CACHE_LIMIT=100000
 export MULTI_STREAM_MEMORY_REUSE=2
 export PYTORCH_NPU_ALLOC_CONF="expandable_segments:True"
 NPUS_PER_NODE=16
-# 多机运行: examples/mindspore/qwen2vl/hostfile.txt holds one machine IP per line (the first is the master)
+# 多机运行 (docs/multinode.md): examples/mindspore/qwen2vl/hostfile.txt holds one machine address
+# per line, the master node first (see hostfile.txt.example); run this script on every node.
 HOSTFILE="examples/mindspore/qwen2vl/hostfile.txt"
 if [ ! -f "$HOSTFILE" ]; then
     echo "error: $HOSTFILE is missing: write one IP address per line, the master node first" >&2
     exit 1
 fi
-MASTER_ADDR=$(head -n1 $HOSTFILE | awk '{print $1;}')
-MASTER_PORT=6000
-NODE_ADDR=`hostname -I | awk '{for(i=1;i<=NF;i++)print $i}' | grep ${MASTER_ADDR%.*}. | awk -F " " '{print$1}'`
-NODE_RANK=$(awk '{ranks[$1]=(FNR-1);}END{print ranks["'$NODE_ADDR'"];}' $HOSTFILE)
-NNODES=$(cat $HOSTFILE | wc -l)
+MASTER_ADDR=${MASTER_ADDR:-$(head -n1 $HOSTFILE | awk '{print $1;}')}
+MASTER_PORT=${MASTER_PORT:-6000}
+# this node's rank: NODE_RANK from the environment (0 = the master node ... NNODES-1), else -1:
+# msrun assigns node ranks itself, in the order the nodes reach the master
+NODE_RANK=${NODE_RANK:--1}
+NNODES=$(grep -c . $HOSTFILE)
 WORLD_SIZE=$(($NPUS_PER_NODE*$NNODES))
-echo $MASTER_ADDR
-echo $NODE_ADDR
-echo $NODE_RANK
-echo $NNODES
+echo "master $MASTER_ADDR:$MASTER_PORT, $NNODES node(s), node rank $NODE_RANK (-1: assigned by msrun)"
 
 
 MM_DATA="./examples/mindspore/qwen2vl/data_72b.json"

@@ -135,9 +135,16 @@ class TextDecoder(nn.Cell):
         if not self.tied or self.output_copy:
             return
         table = self.embedding.word_embeddings.weight
-        layer = Linear(self.hidden_size, self.vocab_size, False, self.init_method_std, table.dtype)
-        # a host copy: Parameter.value() runs an Identity kernel, which CPU lacks for bf16 (dry runs)
-        layer.weight.set_data(ms.Tensor(table.asnumpy()))
+        if table.has_init:
+            # a lazily built model (parallel.lazy_params): the copy stays unallocated too; each rank
+            # fills its slice from the checkpoint (or the table's own init)
+            from mindspore.nn.utils import no_init_parameters
+            with no_init_parameters():
+                layer = Linear(self.hidden_size, self.vocab_size, False, self.init_method_std, table.dtype)
+        else:
+            layer = Linear(self.hidden_size, self.vocab_size, False, self.init_method_std, table.dtype)
+            # a host copy: Parameter.value() runs an Identity kernel, which CPU lacks for bf16 (dry runs)
+            layer.weight.set_data(ms.Tensor(table.asnumpy()))
         layer.weight.requires_grad = table.requires_grad  # frozen with the table (LoRA's frozen base)
         self.output_layer = layer
         # a Cell attached after construction is named from here down only: give it the full path
