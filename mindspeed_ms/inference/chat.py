@@ -16,6 +16,7 @@ data.json used for training so images are resized the way the model saw them. Gr
 """
 import argparse
 import sys
+from mindspeed_ms.help_format import DefaultsHelpFormatter
 
 
 def add_load_args(p):
@@ -32,11 +33,11 @@ def add_load_args(p):
 
 def add_model_args(p):
     add_load_args(p)
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="most tokens generated per answer")
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (with --do-sample)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the top tokens up to this mass (1: all)")
+    p.add_argument("--top-k", type=int, default=0, help="keep only the k most likely tokens (0: no limit)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
     p.add_argument("--no-cache", action="store_true", help="recompute the full sequence each step (slow; a check)")
 
@@ -171,7 +172,8 @@ def interactive(loaded, builder, sampling, max_new_tokens=64, use_cache=True, st
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m mindspeed_ms.inference.chat", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mindspeed_ms.inference.chat", description=__doc__.split("\n\n")[0],
+                                formatter_class=DefaultsHelpFormatter)
     add_model_args(p)
     p.add_argument("--image", action="append", default=[], help="image file (repeat for several images)")
     p.add_argument("--video", action="append", default=[],

@@ -22,6 +22,7 @@ import secrets
 import sys
 import threading
 
+from mindspeed_ms.help_format import DefaultsHelpFormatter
 from mindspeed_ms.inference.serve_protocol import (ApiError, TextStream, chunk_body, completion_body,
                                                    parse_chat_request)
 
@@ -304,10 +305,11 @@ def create_app(engine, model_name, max_tokens_limit=2048, default_max_tokens=256
 def build_parser():
     from mindspeed_ms.inference.chat import add_load_args
 
-    p = argparse.ArgumentParser(prog="python -m mindspeed_ms.inference.serve", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mindspeed_ms.inference.serve", description=__doc__.split("\n\n")[0],
+                                formatter_class=DefaultsHelpFormatter)
     add_load_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     p.add_argument("--served-model-name", help="the model id clients send (default: the --load directory's name)")
     p.add_argument("--max-queue", type=int, default=8, help="requests that may wait while one is generated; "
                                                             "more get HTTP 503 (default 8)")
