@@ -73,7 +73,7 @@ def test_sdist_and_wheel_build_and_run_outside_the_repository(tmp_path):
     assert "Requires-Python: <3.12,>=3.11" in meta
     assert "Requires-Dist: mindspore==2.10.0" in meta and "dashscope" not in meta.split("Provides-Extra")[0]
     entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    for script in ("mm-convert", "mm-plan", "mm-chat", "mm-evaluate", "mm-auto-convert"):
+    for script in ("mm-convert", "mm-plan", "mm-chat", "mm-evaluate", "mm-serve", "mm-auto-convert"):
         assert f"{script} =" in entry, entry
 
     # a fresh venv: this wheel, its dependencies from the same pins as the test environment (the

@@ -1,6 +1,7 @@
 """Data pipeline: tokenizer loading, image/video processor, template, datasets, collator, samplers.
 
     from mindspeed_ms.data import Qwen2VLImageProcessor          # numpy + PIL, no torch
+    proc = Qwen2VLProcessor.from_pretrained(HF_DIR)              # transformers' processor API
     train, val = build_datasets(load_data_json("data_7b.json"), seq_length=1024, seed=1234)
     collate = build_collator(cfg, seq_length=1024)               # batch contract of docs/architecture.md
     sampler = StatefulDistributedSampler(len(train), micro_batch_size, dp_size, dp_rank, seed)
@@ -13,7 +14,7 @@ _LAZY = {
     "build_collator": "collator", "loss_weights_for_mode": "collator", "StatefulDistributedSampler": "sampler",
     "StreamingShardSampler": "sampler", "LengthGroupedSampler": "sampler", "BucketBatchSampler": "sampler",
     "build_sampler": "sampler", "Qwen2VLTemplate": "template", "get_template": "template",
-    "load_tokenizer": "tokenizer",
+    "load_tokenizer": "tokenizer", "Qwen2VLProcessor": "hf_processor",
 }
 __all__ = ["Qwen2VLImageProcessor", "smart_resize", *_LAZY]
 

@@ -104,13 +104,13 @@ def format_report(r):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m mindspeed_ms.inference.demo_report", description=__doc__.split("\n\n")[0])
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--train-log", required=True)
-    p.add_argument("--before", required=True)
-    p.add_argument("--after", required=True)
-    p.add_argument("--chat-mm")
-    p.add_argument("--chat-hf")
-    p.add_argument("--total-seconds", type=float)
+    p.add_argument("--run-dir", required=True, help="the demo run's folder; report.json is written there")
+    p.add_argument("--train-log", required=True, help="the training log (iteration lines are read for steps, loss, tokens/s)")
+    p.add_argument("--before", required=True, help="evaluation JSON of the untrained model (mindspeed_ms.inference.evaluate --out)")
+    p.add_argument("--after", required=True, help="evaluation JSON of the trained model")
+    p.add_argument("--chat-mm", help="the trained MindSpeed-MM checkpoint's answer to the demo question (the text)")
+    p.add_argument("--chat-hf", help="the answer of its mm_to_hf conversion to the same question (the text)")
+    p.add_argument("--total-seconds", type=float, help="wall time of the whole demo, for the report")
     a = p.parse_args(argv)
     try:
         r = build_report(a.train_log, a.before, a.after, a.chat_mm, a.chat_hf, a.total_seconds)

@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 
 from mindspeed_ms.inference.chat import add_model_args, build_from_args
+from mindspeed_ms.help_format import DefaultsHelpFormatter
 
 
 def normalize_answer(text):
@@ -101,12 +102,13 @@ def format_table(acc, totals):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m mindspeed_ms.inference.evaluate",
-                                description=__doc__.split("\n\n")[0])
+                                description=__doc__.split("\n\n")[0],
+                                formatter_class=DefaultsHelpFormatter)
     add_model_args(p)
     p.add_argument("--data", required=True, help="held-out MLLM-format JSON file")
     p.add_argument("--types", help="JSON list of question types, one per sample")
     p.add_argument("--dataset-dir", help="media root for relative image paths (default: the data file's dir)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="samples answered together (left-padded batch)")
     p.add_argument("--limit", type=int, help="evaluate only the first N samples")
     p.add_argument("--output", help="write accuracies and every prediction to this JSON file")
     p.set_defaults(max_new_tokens=10)

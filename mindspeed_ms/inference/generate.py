@@ -41,17 +41,26 @@ def _as_2d(x, name):
 
 
 class _Stopper:
-    def __init__(self, batch, stop_token_ids):
+    def __init__(self, batch, stop_token_ids, stop_check=None, streamer=None):
         self.stop = set(int(t) for t in stop_token_ids)
         self.done = np.zeros(batch, dtype=bool)
         self.tokens = [[] for _ in range(batch)]
+        self.stop_check = stop_check
+        self.streamer = streamer
 
     def push(self, next_ids):
+        live = ~self.done
         for b, t in enumerate(next_ids.tolist()):
             if not self.done[b]:
                 self.tokens[b].append(t)
-                if t in self.stop:
+                hit = t in self.stop
+                # asked for every token (stop ids included) so a caller can follow each row's text
+                if self.stop_check is not None and self.stop_check(b, self.tokens[b]):
+                    hit = True
+                if hit:
                     self.done[b] = True
+        if self.streamer is not None:
+            self.streamer(next_ids, live)
 
     def output(self):
         return GenerationOutput(tokens=self.tokens, stopped=self.done.tolist())
@@ -60,7 +69,8 @@ class _Stopper:
 def generate(model, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
              pixel_values_videos=None, video_grid_thw=None, max_new_tokens=32,
              sampling: Optional[SamplingConfig] = None, stop_token_ids: Sequence[int] = (IM_END_ID,),
-             pad_token_id: int = ENDOFTEXT_ID, use_cache: bool = True) -> GenerationOutput:
+             pad_token_id: int = ENDOFTEXT_ID, use_cache: bool = True, process_logits=None, stop_check=None,
+             streamer=None) -> GenerationOutput:
     """Generate up to `max_new_tokens` tokens after each prompt row.
 
     `input_ids` [B, S] (or [S]); batches must be LEFT-padded (`attention_mask` 0 on the left) so
@@ -69,6 +79,13 @@ def generate(model, input_ids, attention_mask=None, pixel_values=None, image_gri
     `stop_token_ids`; finished rows are fed `pad_token_id` (their outputs are ignored).
     `use_cache=False` recomputes the full sequence (vision included) at every step: slow, and the
     reference the cached path is tested against.
+
+    Hooks (the HF-style `model.generate` and the server use them):
+    `process_logits(ids, logits) -> logits`: ids [B, L] (prompt and tokens so far), logits [B, V] of
+    the next position, before the token is chosen (repetition penalty, min_new_tokens);
+    `stop_check(row, new_tokens) -> bool`: row also stops after this token (stop strings);
+    `streamer(next_ids [B], live [B] bool)`: called after every step with the new tokens (rows that
+    had already stopped are not live).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -81,7 +98,9 @@ def generate(model, input_ids, attention_mask=None, pixel_values=None, image_gri
                          "(pad on the left, e.g. tokenizer.padding_side = 'left')")
     # a ready TokenChooser (e.g. one with logits processors) is used as is
     chooser = sampling if isinstance(sampling, TokenChooser) else TokenChooser(sampling or SamplingConfig())
-    stopper = _Stopper(input_ids.shape[0], stop_token_ids)
+    if process_logits is not None:
+        chooser = _Processed(chooser, process_logits)
+    stopper = _Stopper(input_ids.shape[0], stop_token_ids, stop_check, streamer)
     vision = dict(pixel_values=pixel_values, image_grid_thw=image_grid_thw,
                   pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw)
     if use_cache:
@@ -95,7 +114,30 @@ def _last_logits(logits):
     return logits[:, -1, :].asnumpy()
 
 
+class _Processed:
+    """A chooser that first hands the logits and the ids so far to `process_logits`. Keeps the ids
+    itself (the cached path feeds the decoder one token at a time)."""
+
+    def __init__(self, chooser, process_logits):
+        self.chooser, self.process_logits = chooser, process_logits
+        self.ids = None
+
+    def start(self, ids):
+        self.ids = np.asarray(ids, dtype=np.int64)
+
+    def __call__(self, logits):
+        nxt = self.chooser(self.process_logits(self.ids, logits))
+        self.ids = np.concatenate([self.ids, nxt[:, None].astype(np.int64)], axis=1)
+        return nxt
+
+    def fed(self, nxt):
+        """What was really appended (finished rows get the pad token, as the model is fed)."""
+        self.ids[:, -1] = nxt
+
+
 def _generate_recompute(model, ids, mask, vision, max_new, chooser, stopper, pad_id):
+    if isinstance(chooser, _Processed):
+        chooser.start(ids)
     for _ in range(max_new):
         out = model(input_ids=ids, attention_mask=mask, **vision)
         nxt = chooser(_last_logits(out.logits))
@@ -103,6 +145,8 @@ def _generate_recompute(model, ids, mask, vision, max_new, chooser, stopper, pad
         if stopper.done.all():
             return
         nxt = np.where(stopper.done, pad_id, nxt).astype(np.int32)
+        if isinstance(chooser, _Processed):
+            chooser.fed(nxt)
         ids = np.concatenate([ids, nxt[:, None]], axis=1)
         mask = np.concatenate([mask, np.ones_like(nxt[:, None])], axis=1)
 
@@ -118,6 +162,8 @@ def _generate_cached(model, ids, mask, vision, max_new, chooser, stopper, pad_id
     cos, sin = decoder.rotary(t["position_ids"])
     mask0 = causal_padding_mask(t["attention_mask"], embeds.shape[1])
     hidden, past = decoder.decoder(embeds, cos, sin, mask0, None)
+    if isinstance(chooser, _Processed):
+        chooser.start(ids)
     nxt = chooser(_last_logits(decoder.logits(hidden[:, -1:, :])))
     length = ids.shape[1]
     for _ in range(max_new - 1):
@@ -125,6 +171,8 @@ def _generate_cached(model, ids, mask, vision, max_new, chooser, stopper, pad_id
         if stopper.done.all():
             return
         nxt = np.where(stopper.done, pad_id, nxt).astype(np.int32)
+        if isinstance(chooser, _Processed):
+            chooser.fed(nxt)
         mask = np.concatenate([mask, np.ones((mask.shape[0], 1), np.int32)], axis=1)
         # the new token sits at index `length`; its M-RoPE position is length + rope_deltas on all rows
         pos = np.broadcast_to((length + rope_deltas).astype(np.int32)[None], (3, ids.shape[0], 1)).copy()

@@ -71,7 +71,10 @@ def load_for_inference(load, mm_model=None, tokenizer=None, iteration=None, mm_d
                         f"HF_DIR (or --mm-data data.json whose model_name_or_path holds them)")
     from mindspeed_ms.config.model_config import load_model_json
 
+    from mindspeed_ms.models.qwen2vl.hf_api import read_generation_config
+
     model, tag = model_from_mm_checkpoint(load, load_model_json(mm_model), iteration, f"--mm-model {mm_model}")
+    model.generation_config = read_generation_config(tok_dir)  # the HF dir's decoding defaults, if any
     return LoadedModel(model, tok_dir, "mm", tag)
 
 

@@ -15,29 +15,39 @@ from mindspeed_ms.parallel.config import ParallelConfigError, validate_parallel_
 from mindspeed_ms.parallel.memory import GiB, estimate_memory
 from mindspeed_ms.parallel.rank_params import rank_param_shapes
 from mindspeed_ms.parallel.shard_plan import LoRASpec, build_shard_plan
+from mindspeed_ms.help_format import DefaultsHelpFormatter
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m mindspeed_ms.parallel.plan", allow_abbrev=False,
-                                description=__doc__.split("\n\n")[0])
-    p.add_argument("--mm-model", required=True, help="model_*.json")
-    p.add_argument("--tensor-model-parallel-size", type=int, default=1)
-    p.add_argument("--pipeline-model-parallel-size", type=int, default=1)
-    p.add_argument("--virtual-pipeline-model-parallel-size", type=int, default=None)
-    p.add_argument("--context-parallel-size", type=int, default=1)
-    p.add_argument("--context-parallel-algo", default="ulysses_cp_algo")
-    p.add_argument("--sequence-parallel", action="store_true")
-    p.add_argument("--use-distributed-optimizer", action="store_true")
-    p.add_argument("--enable-dummy-optimizer", action="store_true")
-    p.add_argument("--recompute-granularity", choices=["full", "selective"], default=None)
-    p.add_argument("--recompute-method", choices=["uniform", "block"], default=None)
-    p.add_argument("--recompute-num-layers", type=int, default=None)
-    p.add_argument("--micro-batch-size", type=int, required=True)
+                                description=__doc__.split("\n\n")[0],
+                                formatter_class=DefaultsHelpFormatter)
+    p.add_argument("--mm-model", required=True, help="the model_*.json of the run (sizes and pipeline_num_layers)")
+    p.add_argument("--tensor-model-parallel-size", type=int, default=1, help="TP: heads and MLP split over this many devices")
+    p.add_argument("--pipeline-model-parallel-size", type=int, default=1,
+                   help="PP: pipeline stages (must match the length of pipeline_num_layers)")
+    p.add_argument("--virtual-pipeline-model-parallel-size", type=int, default=None,
+                   help="VPP: model chunks per stage (interleaved schedule); default: none")
+    p.add_argument("--context-parallel-size", type=int, default=1, help="CP: the sequence split over this many devices")
+    p.add_argument("--context-parallel-algo", default="ulysses_cp_algo", help="CP algorithm, as MindSpeed names it")
+    p.add_argument("--sequence-parallel", action="store_true",
+                   help="SP: norms and dropout regions split over the TP group (activations / TP)")
+    p.add_argument("--use-distributed-optimizer", action="store_true",
+                   help="optimizer state (fp32 master weights, Adam moments) split over the DP group")
+    p.add_argument("--enable-dummy-optimizer", action="store_true",
+                   help="no optimizer state for frozen parameters (MindSpeed-MM's flag for frozen ViT/LLM parts)")
+    p.add_argument("--recompute-granularity", choices=["full", "selective"], default=None,
+                   help="activation recomputation: full layers or attention only; default: none")
+    p.add_argument("--recompute-method", choices=["uniform", "block"], default=None,
+                   help="which layers full recomputation covers (Megatron's meaning)")
+    p.add_argument("--recompute-num-layers", type=int, default=None, help="layers recomputed per stage/chunk")
+    p.add_argument("--micro-batch-size", type=int, required=True, help="samples per micro-batch per DP rank")
     p.add_argument("--global-batch-size", type=int, default=None,
                    help="default: micro-batch-size x dp x pp (enough micro-batches to fill the pipeline)")
-    p.add_argument("--seq-length", type=int, required=True)
+    p.add_argument("--seq-length", type=int, required=True, help="LLM sequence length (tokens, vision tokens included)")
     p.add_argument("--num-devices", type=int, required=True, help="world size (NPUS_PER_NODE x NNODES)")
-    p.add_argument("--device-memory-gb", type=float, default=64.0)
+    p.add_argument("--device-memory-gb", type=float, default=64.0,
+                   help="memory of one device, for the fits / does-not-fit verdict")
     p.add_argument("--vision-patches", type=int, default=None,
                    help="ViT patches per sample for the activation estimate of a trainable ViT "
                         "(default: seq-length x spatial_merge_size^2, the most a sample can carry)")

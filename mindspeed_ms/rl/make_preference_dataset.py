@@ -69,7 +69,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m mindspeed_ms.rl.make_preference_dataset",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("out_dir", help="directory to write images/, train.json, val.json")
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seed", type=int, default=1234, help="seed of the pictures and of the pair order")
     p.add_argument("--train", type=int, default=64, help="number of training pairs")
     p.add_argument("--val", type=int, default=16, help="number of held-out pairs")
     p.add_argument("--image-size", type=int, default=56, help="side of the square images (multiple of 28)")

@@ -335,7 +335,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out_dir", help="directory to write images/, train.json, val.json, ...")
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seed", type=int, default=1234, help="seed of the pictures and questions (same seed, same files)")
     p.add_argument("--train", type=int, default=1200, help="number of training samples")
     p.add_argument("--val", type=int, default=120, help="number of held-out samples")
     p.add_argument("--blank", action="store_true", help="all-grey images (control run)")

@@ -26,6 +26,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
+from mindspeed_ms.help_format import DefaultsHelpFormatter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EX = os.path.join(ROOT, "examples", "mindspore", "qwen2vl")
@@ -323,9 +324,11 @@ def write_report(out: str, dry_rows: List[Dict], real: Optional[Dict], meta: Dic
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m mindspeed_ms.tools.validate_ascend", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mindspeed_ms.tools.validate_ascend", description=__doc__.split("\n\n")[0],
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--out", default="ascend_validation", help="report directory (created; default ./ascend_validation)")
-    p.add_argument("--layouts", nargs="+", default=[l.name for l in LAYOUTS], choices=[l.name for l in LAYOUTS])
+    p.add_argument("--layouts", nargs="+", default=[l.name for l in LAYOUTS], choices=[l.name for l in LAYOUTS],
+                   help="the shipped layouts to check")
     p.add_argument("--dry-only", action="store_true", help="skip the real 2B steps and the save / resume check")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per process (default 3600)")
     p.add_argument("--print-commands", action="store_true",

@@ -21,6 +21,7 @@ from mindspore import Tensor, nn, ops
 from mindspeed_ms.config.model_config import Qwen2VLConfig, config_from_hf
 from mindspeed_ms.models.layers.linear_cross_entropy import LinearCrossEntropy
 from mindspeed_ms.models.qwen2vl.batch import Qwen2VLBatch
+from mindspeed_ms.models.qwen2vl.hf_api import HFApiMixin, read_generation_config
 from mindspeed_ms.models.qwen2vl.inputs import check_pixel_values
 from mindspeed_ms.models.qwen2vl.language import TextDecoder
 from mindspeed_ms.models.qwen2vl.loss import CausalLMLoss
@@ -59,11 +60,13 @@ def _np(x, dtype=None):
     return x.astype(dtype) if dtype is not None else x
 
 
-class Qwen2VLForConditionalGeneration(nn.Cell):
+class Qwen2VLForConditionalGeneration(HFApiMixin, nn.Cell):
     """The Qwen2-VL model with MindSpeed-MM parameter names (`image_encoder.*`, `text_decoder.*`).
 
     `attention_backend`: "matmul" (CPU, reference) or "flash" (Ascend FlashAttentionScore).
     A family built on this class (Qwen2.5-VL) swaps `image_encoder_cls` and `batch_layout_cls`.
+    `generate` / `save_pretrained` (HF style) come from `hf_api.HFApiMixin`; `generation_config`
+    holds the checkpoint's generation_config.json (None: transformers' defaults).
     """
     image_encoder_cls = ImageEncoder
     batch_layout_cls = Qwen2VLBatch
@@ -71,6 +74,7 @@ class Qwen2VLForConditionalGeneration(nn.Cell):
     def __init__(self, config: Qwen2VLConfig, attention_backend="matmul", dtype=ms.float32):
         super().__init__()
         self.config = config
+        self.generation_config = None
         self.batch_layout = self.batch_layout_cls(config)
         self.image_encoder = self.image_encoder_cls(config.vision, config.projector, attention_backend, dtype)
         self.text_decoder = TextDecoder(config.text, attention_backend, dtype)
@@ -288,4 +292,5 @@ class Qwen2VLForConditionalGeneration(nn.Cell):
                              f" or mindspeed_ms.models.from_pretrained")
         model = cls(cfg, attention_backend, dtype)
         model.load_mm_state_dict(hf_to_mm_state_dict(load_hf_state_dict(hf_dir), hf_config))
+        model.generation_config = read_generation_config(hf_dir)
         return model
