@@ -7,7 +7,7 @@
 
 Benchmarks: train_tiny, train_small (train_throughput.py --config ...), train_memory_seq1024
 (train_throughput.py --seq-length 1024), preprocess and preprocess_2threads (preprocess_throughput.py),
-convert_7b. Each runs in its own process, one after the other; its printed table and JSON lines go
+convert_7b, e2e_demo and e2e_longtail (train_e2e.py --dataset ...). Each runs in its own process, one after the other; its printed table and JSON lines go
 into the report unchanged. A failing benchmark is reported with its exit code and the script exits non-zero.
 """
 import argparse
@@ -30,6 +30,10 @@ BENCHMARKS = {
     "preprocess_2threads": (["preprocess_throughput.py", "--num-threads", "2"],
                             "Image preprocessing, ours with num_threads=2 (opt-in) vs HF (one thread)"),
     "convert_7b": (["convert_7b.py"], "mm-convert on Qwen2-VL-7B shapes"),
+    "e2e_demo": (["train_e2e.py", "--dataset", "demo"],
+                 "Training on real data (demo set): ours packing/workers vs HF + PyTorch DataLoader"),
+    "e2e_longtail": (["train_e2e.py", "--dataset", "longtail"],
+                     "Training on real data (long-tail set): ours packing/workers vs HF + PyTorch DataLoader"),
 }
 
 

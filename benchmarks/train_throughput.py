@@ -103,6 +103,18 @@ def make_batch(config, seq_length=None, seed=0):
             "pixel_values": pixels, "image_grid_thw": grids}
 
 
+def bench_flops(config, seq_length=None):
+    """Model FLOPs of one training step on the benchmark batch (benchmarks/flops.py's formula)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from flops import step_flops
+    from mindspeed_ms.config.model_config import model_config_from_dict
+    b = make_batch(config, seq_length)
+    rows = int(((b["labels"][:, 1:] != -100)).sum())
+    frames = [int(h * w) for _, h, w in b["image_grid_thw"].tolist()]
+    return step_flops(model_config_from_dict(model_json(config)), [b["input_ids"].shape[1]] * len(b["input_ids"]),
+                      frames, rows)
+
+
 def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -154,16 +166,14 @@ def worker_ours(config, steps, warmup, seq_length, chunked_loss):
     return times, cpu, losses, tokens, peaks
 
 
-def worker_hf(config, steps, warmup, seq_length):
+def build_hf(cfg, compiled=False):
+    """(HF model, AdamW, params) with the benchmark weights of `cfg`, Megatron's weight-decay groups."""
     import torch
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
     from mindspeed_ms.checkpoint.names import mm_to_hf_state_dict
-    from mindspeed_ms.config.model_config import config_to_hf, model_config_from_dict
+    from mindspeed_ms.config.model_config import config_to_hf
     from mindspeed_ms.training.optimizer import uses_weight_decay
-
-    batch = make_batch(config, seq_length)
-    cfg = model_config_from_dict(model_json(config))
     hf_cfg = config_to_hf(cfg)
     torch.manual_seed(0)
     model = Qwen2VLForConditionalGeneration(Qwen2VLConfig(**hf_cfg)).float()
@@ -178,10 +188,23 @@ def worker_hf(config, steps, warmup, seq_length):
         raise RuntimeError(f"HF weights do not match: missing {missing[:4]}, unexpected {unexpected[:4]}")
     model.train()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if compiled:
+        model = torch.compile(model, backend="inductor")
     groups = [{"params": [p for n, p in named if uses_weight_decay(n, p)], "weight_decay": 0.01},
               {"params": [p for n, p in named if not uses_weight_decay(n, p)], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=1e-5, betas=(0.9, 0.999), eps=1e-8)
-    params = [p for _, p in named]
+    return model, opt, [p for _, p in named]
+
+
+def worker_hf(config, steps, warmup, seq_length, compiled=False):
+    """HF eager, or with `compiled` HF + torch.compile (inductor, CPU): the first step then holds
+    the compilation (reported as compile_s, not in the step time)."""
+    import torch
+
+    from mindspeed_ms.config.model_config import model_config_from_dict
+
+    batch = make_batch(config, seq_length)
+    model, opt, params = build_hf(model_config_from_dict(model_json(config)), compiled)
     inputs = {k: torch.from_numpy(v) for k, v in batch.items()}
     times, cpu, losses, peaks = [], [], [], []
     for _ in range(warmup + steps):
@@ -203,7 +226,8 @@ def worker_main(a):
         times, cpu, losses, tokens, peaks = worker_ours(a.config, a.steps, a.warmup, a.seq_length,
                                                         not a.no_chunked_loss)
     else:
-        times, cpu, losses, tokens, peaks = worker_hf(a.config, a.steps, a.warmup, a.seq_length)
+        times, cpu, losses, tokens, peaks = worker_hf(a.config, a.steps, a.warmup, a.seq_length,
+                                                      compiled=a.worker == "hf_compile")
     timed = times[a.warmup:] if len(times) > a.warmup else times[-1:]
     step = statistics.median(timed)
     out = {"impl": a.worker, "config": a.config, "tokens_per_s": round(tokens / step, 1),
@@ -212,12 +236,25 @@ def worker_main(a):
            "steps_ms": [round(t * 1000, 1) for t in timed], "tokens_per_step": tokens,
            "cpu_ms": round(statistics.median(cpu[a.warmup:] or cpu[-1:]) * 1000, 1),
            "loss_step1": losses[0], "seq_length": a.seq_length, "peak_rss_mb_by_step": peaks}
+    flop = bench_flops(a.config, a.seq_length)
+    out.update(step_gflop=round(flop / 1e9, 3), achieved_gflops=round(flop / step / 1e9, 2))
     if a.worker == "ours":
         out["chunked_loss"] = not a.no_chunked_loss
     print("RESULT " + json.dumps(out), flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- driver
+def matmul_peak_worker(size=2048):
+    """benchmarks/flops.py --peak in a fresh process (MindSpore and torch matmul GFLOP/s)."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), GLOG_v="3")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "flops.py"), "--peak", "--size",
+                           str(size)], capture_output=True, text=True, env=env, cwd=ROOT)
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError(f"matmul peak failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+
+
 def run_worker(impl, config, steps, warmup, seq_length=None, chunked=True):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", impl, "--config", config, "--steps", str(steps),
            "--warmup", str(warmup)]
@@ -238,18 +275,23 @@ def spread(values):
     return round((max(values) - min(values)) / med, 3) if med else 0.0
 
 
+IMPLS = ("ours", "hf", "hf_compile")
+
+
 def throughput(a):
-    runs = {"ours": [], "hf": []}
+    impls = IMPLS if not a.no_compile else IMPLS[:2]
+    runs = {k: [] for k in impls}
     for r in range(a.rounds):
-        order = ("ours", "hf") if r % 2 == 0 else ("hf", "ours")
+        order = impls[r % len(impls):] + impls[:r % len(impls)]      # rotated: each impl leads a round
         for impl in order:
             res = run_worker(impl, a.config, a.steps, a.warmup)
             res["round"] = r
             runs[impl].append(res)
             print(json.dumps(res), flush=True)
     med = {k: statistics.median(x["step_ms"] for x in v) for k, v in runs.items()}
+    peak = matmul_peak_worker()
     summary = {"summary": True, "config": a.config, "rounds": a.rounds, "steps_per_run": a.steps,
-               "ours_step_ms": med["ours"], "hf_step_ms": med["hf"],
+               "ours_step_ms": med["ours"], "hf_step_ms": med["hf"], "matmul_peak": peak,
                "ours_spread": spread([x["step_ms"] for x in runs["ours"]]),
                "hf_spread": spread([x["step_ms"] for x in runs["hf"]]),
                "ratio_ours_over_hf": round(med["hf"] / med["ours"], 3),
@@ -258,16 +300,35 @@ def throughput(a):
                "ours_compile_s": statistics.median(x["compile_s"] for x in runs["ours"]),
                "loss_step1_ours": runs["ours"][0]["loss_step1"], "loss_step1_hf": runs["hf"][0]["loss_step1"]}
     summary["rss_ratio"] = round(summary["ours_peak_rss_mb"] / summary["hf_peak_rss_mb"], 3)
-    summary["loss_rel_diff"] = abs(summary["loss_step1_ours"] - summary["loss_step1_hf"]) / abs(summary["loss_step1_hf"])
+    summary["loss_rel_diff"] = (abs(summary["loss_step1_ours"] - summary["loss_step1_hf"])
+                                / abs(summary["loss_step1_hf"]))
+    best_peak = max(peak["mindspore_gflops"], peak["torch_gflops"])
+    for impl in impls:
+        gf = statistics.median(x["achieved_gflops"] for x in runs[impl])
+        summary[f"{impl}_achieved_gflops"] = gf
+        summary[f"{impl}_fraction_of_peak"] = round(gf / best_peak, 4)
+    if "hf_compile" in runs:
+        c = runs["hf_compile"]
+        summary.update(hf_compile_step_ms=med["hf_compile"], hf_compile_spread=spread([x["step_ms"] for x in c]),
+                       hf_compile_compile_s=statistics.median(x["compile_s"] for x in c),
+                       loss_step1_hf_compile=c[0]["loss_step1"],
+                       ratio_ours_over_best_peer=round(min(med["hf"], med["hf_compile"]) / med["ours"], 3))
+        summary["loss_rel_diff"] = max(summary["loss_rel_diff"], abs(c[0]["loss_step1"] - summary["loss_step1_hf"])
+                                       / abs(summary["loss_step1_hf"]))
     summary["same_loss"] = summary["loss_rel_diff"] < 1e-4
     tok = runs["ours"][0]["tokens_per_step"]
     print(f"\nconfig {a.config}: {tok} tokens per step, {a.rounds} round(s) x {a.steps} timed step(s)")
-    print(f"{'impl':<6}{'step ms':>10}{'spread':>9}{'tokens/s':>10}{'peak RSS MB':>13}{'compile s':>11}")
-    for impl in ("ours", "hf"):
-        rss = summary[f"{impl}_peak_rss_mb"]
+    print(f"{'impl':<11}{'step ms':>10}{'spread':>9}{'tokens/s':>10}{'peak RSS MB':>13}{'compile s':>11}")
+    for impl in impls:
+        rss = statistics.median(x["peak_rss_mb"] for x in runs[impl])
         comp = statistics.median(x["compile_s"] for x in runs[impl])
-        print(f"{impl:<6}{med[impl]:>10.1f}{summary[impl + '_spread']:>9.1%}{tok / med[impl] * 1000:>10.1f}"
-              f"{rss:>13.0f}{comp:>11.2f}")
+        sp = spread([x["step_ms"] for x in runs[impl]])
+        print(f"{impl:<11}{med[impl]:>10.1f}{sp:>9.1%}{tok / med[impl] * 1000:>10.1f}"
+              f"{rss:>13.0f}{comp:>11.2f}  {summary[impl + '_achieved_gflops']:.2f} GFLOP/s "
+              f"({summary[impl + '_fraction_of_peak']:.1%} of the {best_peak:.0f} GFLOP/s matmul peak)")
+    if "hf_compile" in runs:
+        print(f"speed ratio ours / faster of HF eager and HF + torch.compile x{summary['ratio_ours_over_best_peer']}"
+              f" (inductor compile {summary['hf_compile_compile_s']:.1f} s, not in its step time)")
     print(f"speed ratio ours/hf x{summary['ratio_ours_over_hf']}  RSS ours/hf x{summary['rss_ratio']}  "
           f"first-step loss {summary['loss_step1_ours']:.6f} vs {summary['loss_step1_hf']:.6f}")
     print(json.dumps(summary))
@@ -326,7 +387,8 @@ def main(argv=None):
                    default=None,
                    help="memory mode: small config at this many tokens per sample, chunked loss on vs off")
     p.add_argument("--smoke", action="store_true", help="one run each, 1 warm-up + 1 timed step (CI)")
-    p.add_argument("--worker", choices=("ours", "hf"), help=argparse.SUPPRESS)
+    p.add_argument("--no-compile", action="store_true", help="leave out the HF + torch.compile peer")
+    p.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
     p.add_argument("--no-chunked-loss", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:

@@ -61,6 +61,7 @@ class BasicParameters:
 @dataclass
 class DatasetAttr:
     ranking: bool = False
+    packing: bool = False       # MindSpeed-MM 26.0.0's packing switch for supervised data (data.packing)
     formatting: str = "sharegpt"
     system: Optional[str] = None
     images: Optional[str] = None
@@ -260,6 +261,9 @@ NO_EFFECT_KEYS = {
         _TRUE, "MindSpeed-MM's qwen2vl loader does not read it either; use sampler_type LengthGroupedSampler"),
     "dataloader_param.batch_size": (_ALWAYS, "taken from --micro-batch-size, as MindSpeed-MM does"),
     "dataloader_param.seed": (_ALWAYS, "taken from --seed, as MindSpeed-MM does"),
+    "dataloader_param.num_workers": (_ALWAYS, "taken from --num-workers, as MindSpeed-MM does"),
+    "dataloader_param.persistent_workers": (
+        _ALWAYS, "the background loading threads (--num-workers) live for the whole run"),
 }
 
 

@@ -224,9 +224,11 @@ def _preprocess_file(path, cfg, tokenizer, seq_length, max_samples, fingerprint_
 def _fingerprint_base(cfg, tokenizer, seq_length, processor):
     params = {"pp": vars(cfg.preprocess_parameters), "basic": {k: v for k, v in vars(cfg.basic_parameters).items()
                                                                 if k not in ("cache_dir", "preprocessing_num_workers",
-                                                                             "overwrite_cache")},
-              "attr": vars(cfg.attr), "seq": seq_length, "v": PREPROCESS_VERSION,
-              "tok": tokenizer_fingerprint(tokenizer), "processor": _processor_key(processor)}
+                                                                             "overwrite_cache", "packing",
+                                                                             "neat_packing")},
+              "attr": {k: v for k, v in vars(cfg.attr).items() if k != "packing"}, "seq": seq_length,
+              "v": PREPROCESS_VERSION, "tok": tokenizer_fingerprint(tokenizer),
+              "processor": _processor_key(processor)}
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
 
 

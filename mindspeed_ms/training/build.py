@@ -92,11 +92,45 @@ def make_feed(args, cfg, train, val, collator, rank: int):
 
     common = dict(micro_batch_size=args.micro_batch_size, dp_size=args.data_parallel_size, dp_rank=rank,
                   grad_acc_steps=args.grad_acc_steps)
+    packing = getattr(collator, "packing", None)
     if cfg.basic_parameters.streaming:
-        return StreamFeed(train, val, collator, **common)
+        if packing:
+            raise ValueError(f"--mm-data {args.mm_data}: packing needs every sample's length before training, "
+                             f"which a stream does not give; set streaming: false or turn packing off")
+        feed = StreamFeed(train, val, collator, **common)
+        if getattr(args, "num_workers", 0):
+            feed.summary = (" > notice: --num-workers has no effect with streaming: true (the stream is read in "
+                            "the training loop)")
+        return feed
+    summary = None
+    if packing:
+        if packing == "neat" and getattr(args, "backend", "CPU") == "Ascend" and getattr(args, "use_flash_attn", False):
+            raise ValueError("neat_packing with --use-flash-attn: the causal flash attention here has no per-sample "
+                             "(TND actual_seq_qlen) mask yet; drop --use-flash-attn or neat_packing")
+        from mindspeed_ms.data.packing import PackedDataset
+        n_samples = len(train)
+        train = PackedDataset(train, args.seq_length)
+        val = PackedDataset(val, args.seq_length) if val is not None else None
+        summary = (f" > packing ({packing}): {n_samples} samples in {len(train)} rows of <= {args.seq_length} "
+                   f"tokens ({100 * train.fill():.0f}% filled); a row counts as one sample for the batch sizes")
     gbs = args.micro_batch_size * args.data_parallel_size * args.grad_acc_steps
-    return DataFeed(len(train), lambda idx: collator([train[i] for i in idx]), seed=args.seed,
+    dl = cfg.dataloader_param
+    feed = DataFeed(len(train), lambda idx: collator([train[i] for i in idx]), seed=args.seed,
                     order=feed_order(cfg, train, args.seed, gbs),
                     val_num_samples=len(val) if val is not None else 0,
                     make_val_batch=(lambda idx: collator([val[i] for i in idx])) if val is not None else None,
-                    source=f"the training set of {args.mm_data}", **common)
+                    source=f"the training set of {args.mm_data}" + (" packed into rows" if packing else ""),
+                    num_workers=loader_threads(getattr(args, "num_workers", 0)),
+                    prefetch_steps=dl.prefetch_factor, **common)
+    feed.summary = summary
+    return feed
+
+
+def loader_threads(num_workers: int) -> int:
+    """--num-workers -> background loading threads (`DataFeed`): at most the cores of the machine
+    (MindSpeed-MM scripts pass 8 for torch's worker processes; more threads than cores only
+    compete with the step). 0 keeps loading in the training loop."""
+    import os
+    if num_workers < 0:
+        raise ValueError(f"--num-workers {num_workers}: give 0 or more")
+    return min(int(num_workers), os.cpu_count() or 1)

@@ -7,9 +7,19 @@ of it (an incomplete last global batch is dropped, as with drop_last); micro-ste
 takes the slice [(i*DP + r)*mbs, (i*DP + r + 1)*mbs). So a single process with gradient
 accumulation and DP ranks without it see the same micro-batch partition of every global batch,
 and a resumed run continues at the same sample.
+
+Background loading (`--num-workers N`, N > 0): N threads build the micro-batches (pixels,
+collation) of the next steps while the current one trains. Which samples a step holds is decided
+here, from the consumed position, before any worker sees them; the workers only compute, and a
+step's batches are taken in order. So batches, order, and the saved position are the same as with
+N = 0 (resume drops whatever was prefetched and plans again from the restored position). Threads,
+not processes: image decoding (PIL), the compiled resize (numba, nogil) and the numpy work release
+the GIL, MindSpore's step runs in C++, and forking after MindSpore has started is not safe.
 """
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
@@ -23,9 +33,11 @@ class DataFeed:
     def __init__(self, num_samples: int, make_batch: Callable[[Sequence[int]], Batch], micro_batch_size: int,
                  dp_size: int, dp_rank: int, grad_acc_steps: int, seed: int, shuffle: bool = True,
                  val_num_samples: int = 0, make_val_batch: Optional[Callable[[Sequence[int]], Batch]] = None,
-                 source: str = "the training set", order: Optional[Callable[[int], np.ndarray]] = None):
+                 source: str = "the training set", order: Optional[Callable[[int], np.ndarray]] = None,
+                 num_workers: int = 0, prefetch_steps: Optional[int] = None):
         """`order(epoch)` -> the epoch's permutation of the sample indices; default the seeded
-        shuffle (`data.sampler.EpochOrder`)."""
+        shuffle (`data.sampler.EpochOrder`). `num_workers` > 0: micro-batches built by that many
+        threads, `prefetch_steps` steps ahead (default 2)."""
         self.n, self.make_batch = int(num_samples), make_batch
         self.mbs, self.dp, self.rank, self.ga = micro_batch_size, dp_size, dp_rank, grad_acc_steps
         self.gbs = micro_batch_size * dp_size * grad_acc_steps
@@ -38,18 +50,28 @@ class DataFeed:
         self.epoch, self.position = 0, 0
         self._order = None
         self._shapes = set()
+        if num_workers < 0:
+            raise ValueError(f"--num-workers {num_workers}: give 0 (load in the training loop) or more")
+        self.num_workers = int(num_workers)
+        self.prefetch_steps = max(1, int(prefetch_steps if prefetch_steps is not None else 2))
+        self._pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="data") if self.num_workers else None
+        self._pending = deque()       # (epoch, position) after the step, [futures of its micro-batches]
 
     # ---- order and position ----------------------------------------------------------------------
-    def _epoch_order(self) -> np.ndarray:
-        if self._order is None:
-            self._order = self.order(self.epoch)
-        return self._order
+    def _epoch_order(self, epoch=None) -> np.ndarray:
+        epoch = self.epoch if epoch is None else epoch
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, self.order(epoch))
+        return self._order[1]
+
+    def _plan(self, epoch, position):
+        """(global indices of the step at (epoch, position), (epoch, position) after it)."""
+        if position + self.gbs > self.n:
+            epoch, position = epoch + 1, 0
+        return self._epoch_order(epoch)[position:position + self.gbs], (epoch, position + self.gbs)
 
     def _next_global(self) -> np.ndarray:
-        if self.position + self.gbs > self.n:
-            self.epoch, self.position, self._order = self.epoch + 1, 0, None
-        idx = self._epoch_order()[self.position:self.position + self.gbs]
-        self.position += self.gbs
+        idx, (self.epoch, self.position) = self._plan(self.epoch, self.position)
         return idx
 
     def _my_slices(self, global_idx: np.ndarray) -> List[np.ndarray]:
@@ -57,12 +79,38 @@ class DataFeed:
                 for i in range(self.ga)]
 
     def next_step(self) -> List[Batch]:
-        out = []
-        for idx in self._my_slices(self._next_global()):
-            batch = self.make_batch([int(i) for i in idx])
+        if self._pool is None:
+            out = [self.make_batch([int(i) for i in idx]) for idx in self._my_slices(self._next_global())]
+        else:
+            self._fill()
+            (self.epoch, self.position), futures = self._pending.popleft()
+            self._fill()                    # keep the workers busy while this step trains
+            out = [f.result() for f in futures]
+        for batch in out:
             self._shapes.add((tuple(batch["input_ids"].shape), tuple(batch["pixel_values"].shape)))
-            out.append(batch)
         return out
+
+    def _fill(self):
+        """Plan and submit steps until `prefetch_steps` are pending (planned from the last pending
+        step's position, or the consumed one)."""
+        while len(self._pending) < self.prefetch_steps:
+            at = self._pending[-1][0] if self._pending else (self.epoch, self.position)
+            idx, after = self._plan(*at)
+            futures = [self._pool.submit(self.make_batch, [int(i) for i in s]) for s in self._my_slices(idx)]
+            self._pending.append((after, futures))
+
+    def _drop_pending(self):
+        for _, futures in self._pending:
+            for f in futures:
+                f.cancel()
+        self._pending.clear()
+
+    def close(self):
+        """Stop the worker threads (pending batches are dropped)."""
+        if self._pool is not None:
+            self._drop_pending()
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def state_dict(self) -> Dict:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "num_samples": self.n,
@@ -73,9 +121,11 @@ class DataFeed:
             # another batch size or dataset: continue from the consumed-sample count instead
             self.skip_to(int(state.get("consumed_samples", 0)))
             return
+        self._drop_pending()
         self.epoch, self.position, self._order = int(state["epoch"]), int(state["position"]), None
 
     def skip_to(self, consumed_samples: int):
+        self._drop_pending()
         per_epoch = (self.n // self.gbs) * self.gbs
         self.epoch, self.position, self._order = consumed_samples // per_epoch, consumed_samples % per_epoch, None
 

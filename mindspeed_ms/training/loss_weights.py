@@ -34,12 +34,24 @@ def count_valid_tokens(labels: np.ndarray) -> int:
     return int(valid_label_mask(labels).sum())
 
 
+def count_samples(segments: np.ndarray) -> int:
+    """Samples in packed rows (`segments` 1..k per row, 0 padding): the per_sample mode's count."""
+    segments = np.asarray(segments)
+    return int(segments.max(axis=1, initial=0).sum()) if segments.size else 0
+
+
 def make_loss_weights(labels: np.ndarray, mode: str, num_micro_batches: int, dp_size: int,
                       global_batch_size: Optional[int] = None,
-                      global_valid_tokens: Optional[int] = None) -> np.ndarray:
+                      global_valid_tokens: Optional[int] = None,
+                      segments: Optional[np.ndarray] = None) -> np.ndarray:
     """Weights for one micro-batch of one rank. `global_batch_size` is needed for per_sample,
     `global_valid_tokens` (summed over all micro-batches and DP ranks of the step) for per_token.
-    A micro-batch (or sample) without any label token gets zero weight rather than a 0/0."""
+    A micro-batch (or sample) without any label token gets zero weight rather than a 0/0.
+
+    `segments` [B, S] (packed rows, `data.packing`: 1..k for the samples of a row, 0 padding): a
+    sample is a segment, not a row, so per_sample takes each packed sample's token mean; with
+    packing `global_batch_size` must then count the samples of the global batch, not the rows
+    (`count_samples`). default and per_token are token means and need no segments."""
     if mode not in MODES:
         raise ValueError(f"loss mode {mode!r}: use one of {MODES}")
     valid = valid_label_mask(np.asarray(labels))
@@ -51,9 +63,17 @@ def make_loss_weights(labels: np.ndarray, mode: str, num_micro_batches: int, dp_
     elif mode == "per_sample":
         if global_batch_size is None:
             raise ValueError("per-sample loss weights need the global batch size")
-        per_sample = valid.sum(axis=1)
-        for b in np.nonzero(per_sample)[0]:
-            w[b, valid[b]] = 1.0 / (float(per_sample[b]) * global_batch_size)
+        if segments is None:
+            per_sample = valid.sum(axis=1)
+            for b in np.nonzero(per_sample)[0]:
+                w[b, valid[b]] = 1.0 / (float(per_sample[b]) * global_batch_size)
+        else:
+            # position s predicts labels[s+1]; the sample it belongs to is segments[s] (the packing
+            # collator drops every sample's first label, so s and s+1 are in the same sample)
+            segments = np.asarray(segments)
+            key = np.arange(valid.shape[0])[:, None] * (int(segments.max(initial=0)) + 1) + segments
+            _, inverse, counts = np.unique(key[valid], return_inverse=True, return_counts=True)
+            w[valid] = 1.0 / (counts[inverse].astype(np.float64) * global_batch_size)
     else:
         if global_valid_tokens is None:
             raise ValueError("per-token loss weights need the global valid-token count")

@@ -258,7 +258,7 @@ class ShardedTrainer(Trainer):
         self.schedule.step(self.gbs)
         self.iteration += 1
         self.consumed += self.gbs
-        tokens = self._world_sum([sum(float(np.asarray(mb["attention_mask"]).sum()) for mb in micro_batches)])[0]
+        tokens = self._world_sum([sum(float(np.count_nonzero(mb["attention_mask"])) for mb in micro_batches)])[0]
         return float(loss.asnumpy()), float(norm.asnumpy()), lr, tokens / self.gbs
 
     def _validation_loss(self):

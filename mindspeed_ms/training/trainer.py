@@ -102,6 +102,8 @@ class Trainer:
         n_all = sum(int(np.prod(p.shape)) for p in self.named_params.values())
         logger.print(f" > parameters: {n_all:,} total, {n_train:,} trainable"
                      + (f" (frozen: {', '.join(p.rstrip('.') for p in frozen)})" if frozen else ""))
+        if getattr(feed, "summary", None):
+            logger.print(feed.summary)
         self.step_micro_batches = self._micro_batches_per_step()
         self._build_steps()
         self.schedule = LRSchedule.from_args(args)
@@ -202,9 +204,22 @@ class Trainer:
 
     # ---- steps ---------------------------------------------------------------------------------
     def _weights(self, micro_batches: List[Dict], global_tokens: Optional[int]):
+        samples = self._global_samples(micro_batches)
         for mb in micro_batches:
             mb["loss_weights"] = make_loss_weights(mb["labels"], self.args.loss_mode, len(micro_batches), self.dp,
-                                                   self.gbs, global_tokens)
+                                                   samples, global_tokens, mb.get("packed_segments"))
+
+    def _global_samples(self, micro_batches) -> int:
+        """The per_sample mode's sample count: the global batch size, or with packed rows the
+        samples they hold, over all micro-batches and DP ranks (each pack is one "sample" to the
+        sampler, but the loss averages over the real ones, as unpacked)."""
+        if self.args.loss_mode != "per_sample" or "packed_segments" not in micro_batches[0]:
+            return self.gbs
+        from mindspeed_ms.training.loss_weights import count_samples
+        n = sum(count_samples(mb["packed_segments"]) for mb in micro_batches)
+        if self.dp > 1:
+            n = int(round(float(self.allreduce(self.ms.Tensor(float(n), self.ms.float32)).asnumpy())))
+        return n
 
     def _global_valid_tokens(self, micro_batches) -> Optional[int]:
         if self.args.loss_mode != "per_token":
@@ -245,7 +260,8 @@ class Trainer:
         lr = self.schedule.get_lr()
         if self.whole_step:
             mb = micro_batches[0]
-            tokens = ms.Tensor(float(np.asarray(mb["attention_mask"]).sum()), ms.float32)
+            # count_nonzero: neat packing's attention mask holds sample numbers, not 1s
+            tokens = ms.Tensor(float(np.count_nonzero(mb["attention_mask"])), ms.float32)
             stats_sum, norm = self.micro(*self.optimizer.host_scalars(lr), tokens, *self._tensors(mb),
                                          *self._loss_rows(mb))
         else:
@@ -255,7 +271,7 @@ class Trainer:
                 out = self.micro(ms.Tensor(i == 0), *self._tensors(mb), *self._loss_rows(mb))
                 local += float(out.asnumpy())
                 if i < real:
-                    tokens += float(np.asarray(mb["attention_mask"]).sum())
+                    tokens += float(np.count_nonzero(mb["attention_mask"]))
             stats = ms.Tensor(np.array([local, tokens], dtype=np.float32))
             stats_sum, norm = self.opt_step(stats, *self.optimizer.host_scalars(lr))
         self.optimizer.step += 1
@@ -343,6 +359,8 @@ class Trainer:
                 window_t0 = time.time()
         trained = self.iteration - start_it
         seconds = time.time() - t_train0
+        if hasattr(self.feed, "close"):
+            self.feed.close()           # background loading threads (prefetched steps dropped)
         if self.feed.has_val and args.eval_iters > 0 and self.iteration % args.eval_interval != 0:
             val = self.evaluate()
             if val is not None:

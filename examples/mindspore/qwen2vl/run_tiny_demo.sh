@@ -28,6 +28,7 @@ BLANK=${BLANK:-0}
 TRAIN_ITERS=${TRAIN_ITERS:-240}
 N_TRAIN=${N_TRAIN:-2000}
 N_VAL=${N_VAL:-120}
+PACKING=${PACKING:-0}        # 1: neat_packing in the run's data.json (several samples per 256-token row)
 SEED=1234
 HF_PATH="./ckpt/hf_path/Qwen2-VL-tiny"
 LOAD_PATH="ckpt/mm_path/Qwen2-VL-tiny"
@@ -49,12 +50,15 @@ step() { echo; echo "=== [$(( $(date +%s) - T_START ))s] $*"; }
 
 # data.json of this run: data_tiny.json pointed at this run's dataset directory
 MM_DATA="$RUN_DIR/data_tiny.json"
-"$PYTHON" - "$DATA_DIR" "$MM_DATA" <<'EOF' || exit 1
+"$PYTHON" - "$DATA_DIR" "$MM_DATA" "$PACKING" <<'EOF' || exit 1
 import json, sys
 data_dir, out = sys.argv[1], sys.argv[2]
+packing = sys.argv[3] == "1"
 with open("examples/mindspore/qwen2vl/data_tiny.json") as f:
     cfg = json.load(f)
 b = cfg["dataset_param"]["basic_parameters"]
+if packing:
+    b["neat_packing"] = True
 b.update(dataset_dir=data_dir, dataset=f"{data_dir}/train.json", val_dataset=f"{data_dir}/val.json",
          cache_dir=f"{data_dir}/cache_dir")
 with open(out, "w") as f:

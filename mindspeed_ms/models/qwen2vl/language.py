@@ -106,6 +106,24 @@ def causal_padding_mask(attention_mask, q_len):
     return ops.expand_dims((1.0 - keep) * MASK_VALUE, 1)
 
 
+def segment_causal_mask(attention_mask):
+    """Additive [B, 1, S, S] mask for a full sequence whose `attention_mask` may number packed
+    samples (neat packing: 1..k per sample, 0 padding; `data.packing`): query i sees key j <= i of
+    its own sample. With a 0/1 mask this is `causal_padding_mask` (a padding query, number 0,
+    sees every real key before it, as there). Every operand is tiled to [B, S, S] first: no
+    broadcasting kernels (layers/tiling.py)."""
+    b, s = attention_mask.shape
+    seg = ops.cast(attention_mask, ms.float32)
+    seg_q = ops.tile(ops.expand_dims(seg, 2), (1, 1, s))
+    seg_k = ops.tile(ops.expand_dims(seg, 1), (1, s, 1))
+    q_idx = ops.arange(s).reshape(s, 1)
+    k_idx = ops.arange(s).reshape(1, s)
+    causal = ops.tile(ops.expand_dims(ops.tile(q_idx, (1, s)) >= ops.tile(k_idx, (s, 1)), 0), (b, 1, 1))
+    same = ops.logical_or(ops.equal(seg_q, seg_k), seg_q < 0.5)
+    keep = ops.logical_and(ops.logical_and(same, seg_k > 0.5), causal)
+    return ops.expand_dims((1.0 - ops.cast(keep, ms.float32)) * MASK_VALUE, 1)
+
+
 class TextDecoder(nn.Cell):
     """`text_decoder`: embedding, decoder layers, final norm, output layer (tied or not)."""
 
@@ -165,7 +183,7 @@ class TextDecoder(nn.Cell):
     def hidden_states(self, inputs_embeds, position_ids, attention_mask):
         """Final-norm hidden states [B, S, H] (construct without the output layer)."""
         cos, sin = self.rotary(position_ids)
-        mask = causal_padding_mask(attention_mask, inputs_embeds.shape[1])
+        mask = segment_causal_mask(attention_mask)
         hidden, _ = self.decoder(inputs_embeds, cos, sin, mask)
         return hidden
 
@@ -178,7 +196,10 @@ class TextDecoder(nn.Cell):
 
     def construct(self, inputs_embeds, position_ids, attention_mask, past_key_values=None, use_cache=False):
         cos, sin = self.rotary(position_ids)
-        mask = causal_padding_mask(attention_mask, inputs_embeds.shape[1])
+        if past_key_values is None:
+            mask = segment_causal_mask(attention_mask)
+        else:
+            mask = causal_padding_mask(attention_mask, inputs_embeds.shape[1])
         hidden, new_past = self.decoder(inputs_embeds, cos, sin, mask, past_key_values)
         logits = self.logits(hidden)
         if use_cache:
