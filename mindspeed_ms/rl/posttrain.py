@@ -10,6 +10,7 @@ from mindspeed_ms.rl.dpo_log import DPOTrainLogger
 from mindspeed_ms.rl.dpo_trainer import (PROG, DPOTrainer, build_dpo_feed, build_reference, check_dpo_args,
                                          resolve_reference)
 from mindspeed_ms.training.backend import detect_backend, dist_env
+from mindspeed_ms.training.pretrain import run_trainer
 from mindspeed_ms.training.trainer import TrainingError
 
 
@@ -38,12 +39,8 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     logger = DPOTrainLogger(args.train_iters, is_log_rank, args.tensorboard_dir, log_tps=args.log_tps)
-    for n in startup.notices:
-        logger.notice(n)
-    from mindspeed_ms.data.dataset import DataError
-    from mindspeed_ms.training.wandb_writer import attach_wandb
-    attach_wandb(logger, args)
-    try:
+
+    def build():
         from mindspeed_ms.peft.lora_training import attach_lora
         from mindspeed_ms.training.build import build_model, init_runtime
         init_runtime(args, backend, world, logger, data_parallel=not sharded)
@@ -53,22 +50,11 @@ def main(argv=None) -> int:
             from mindspeed_ms.training.sharded_trainer import build_sharded_model
             model, lora = build_sharded_model(startup, args, backend, logger, lazy=True)
             ref = build_reference_model(startup, args, backend, lora, ref_dir, lazy=True)
-            trainer = ShardedDPOTrainer(args, startup, rank, world, logger, model, feed, backend, lazy=True,
-                                        lora=lora, reference_model=ref, ref_dir=ref_dir)
-        else:
-            model = build_model(startup.model, args, backend)
-            lora = attach_lora(model, args, logger)     # LoRA: adapters on, base frozen and loaded here
-            reference = build_reference(args, startup, backend, ref_dir, model, lora)
-            trainer = DPOTrainer(args, startup, rank, world, logger, model, feed, reference)
-        if lora is not None:
-            lora.bind(trainer)
-        if args.load and (lora is None or lora.resume_from_load):
-            trainer.load()
-        trainer.train()
-    except (TrainingError, DataError) as e:     # DataError: a sample that broke after preprocessing
-        if rank == 0 or is_log_rank:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        logger.close()
-    return 0
+            return ShardedDPOTrainer(args, startup, rank, world, logger, model, feed, backend, lazy=True,
+                                     lora=lora, reference_model=ref, ref_dir=ref_dir), lora
+        model = build_model(startup.model, args, backend)
+        lora = attach_lora(model, args, logger)     # LoRA: adapters on, base frozen and loaded here
+        reference = build_reference(args, startup, backend, ref_dir, model, lora)
+        return DPOTrainer(args, startup, rank, world, logger, model, feed, reference), lora
+
+    return run_trainer(args, startup, rank, world, logger, build)

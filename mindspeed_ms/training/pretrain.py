@@ -37,32 +37,41 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     logger = TrainLogger(args.train_iters, is_log_rank, args.tensorboard_dir, log_tps=args.log_tps)
-    for n in startup.notices:
-        logger.notice(n)
-    from mindspeed_ms.data.dataset import DataError
-    from mindspeed_ms.training.wandb_writer import attach_wandb
-    attach_wandb(logger, args)
-    try:
+
+    def build():
         from mindspeed_ms.training.build import build_model, init_runtime
         init_runtime(args, backend, world, logger, data_parallel=not sharded)
         if sharded:
             # lazy: built unallocated, each rank allocates and loads only its own slices
             from mindspeed_ms.training.sharded_trainer import ShardedTrainer, build_sharded_model
             model, lora = build_sharded_model(startup, args, backend, logger, lazy=True)
-            trainer = ShardedTrainer(args, startup, rank, world, logger, model, feed, backend, lazy=True, lora=lora)
-        else:
-            model = build_model(startup.model, args, backend)
-            from mindspeed_ms.peft.lora_training import attach_lora
-            # --lora-target-modules: adapters on, base frozen + loaded
-            lora = attach_lora(model, args, logger)
-            trainer = Trainer(args, startup, rank, world, logger, model, feed)
+            return ShardedTrainer(args, startup, rank, world, logger, model, feed, backend, lazy=True, lora=lora), lora
+        model = build_model(startup.model, args, backend)
+        from mindspeed_ms.peft.lora_training import attach_lora
+        # --lora-target-modules: adapters on, base frozen + loaded
+        lora = attach_lora(model, args, logger)
+        return Trainer(args, startup, rank, world, logger, model, feed), lora
+
+    return run_trainer(args, startup, rank, world, logger, build)
+
+
+def run_trainer(args, startup, rank, world, logger, build) -> int:
+    """What both entry points do once everything is validated: start-up notices, W&B, `build()` ->
+    (trainer, LoRA or None), resume, train; returns the exit code (1: a training or data error)."""
+    from mindspeed_ms.data.dataset import DataError
+    from mindspeed_ms.training.wandb_writer import attach_wandb
+    for n in startup.notices:
+        logger.notice(n)
+    attach_wandb(logger, args)
+    try:
+        trainer, lora = build()
         if lora is not None:
             lora.bind(trainer)
         if args.load and (lora is None or lora.resume_from_load):
             trainer.load()
         trainer.train()
     except (TrainingError, DataError) as e:     # DataError: a sample that broke after preprocessing
-        if rank == 0 or is_log_rank:
+        if rank in (0, world - 1):
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
     finally:
