@@ -102,22 +102,20 @@ class HFCheckpoint:
     def dtype(self, name):
         return self._open(self.weight_map[name]).dtype(name)
 
-    def get(self, name, copy=False) -> np.ndarray:
+    def get(self, name) -> np.ndarray:
         if name not in self.weight_map:
             raise KeyError(f"tensor {name} is not in the HF checkpoint {self.hf_dir}")
-        return self._open(self.weight_map[name]).get(name, copy=copy)
+        return self._open(self.weight_map[name]).get(name)
 
     def shards(self):
         """Shard file names in first-appearance order of the weight map."""
         return list(dict.fromkeys(self.weight_map.values()))
 
 
-def load_hf_state_dict(hf_dir, mmap=False) -> dict:
-    """All tensors of the HF directory `hf_dir` as {name: np.ndarray} (bf16 as ml_dtypes.bfloat16).
-
-    With `mmap=True` the arrays are read-only memory-mapped views (nothing read until touched)."""
+def load_hf_state_dict(hf_dir) -> dict:
+    """All tensors of the HF directory `hf_dir` as {name: np.ndarray} (bf16 as ml_dtypes.bfloat16)."""
     ckpt = HFCheckpoint(hf_dir)
-    return {k: ckpt.get(k, copy=not mmap) for k in ckpt.keys()}
+    return {k: ckpt.get(k) for k in ckpt.keys()}
 
 
 # Files of an HF model directory that are not weights and travel with a converted model.

@@ -79,8 +79,8 @@ class SafetensorsFile:
     def nbytes(self, name):
         return int(np.prod(self.shape(name), dtype=np.int64)) * self.dtype(name).itemsize
 
-    def get(self, name, copy=True) -> np.ndarray:
-        """The whole tensor, read now into its own array (`copy` is accepted for old callers)."""
+    def get(self, name) -> np.ndarray:
+        """The whole tensor, read now into its own array."""
         self._slice(name)
         try:
             return self._f.get_tensor(name)
@@ -95,7 +95,7 @@ class SafetensorsFile:
             raise SafetensorsError(f"{self.path}: tensor {name}: {e}") from None
 
 
-def read_safetensors(path, copy=True) -> dict:
+def read_safetensors(path) -> dict:
     f = SafetensorsFile(path)
     return {k: f.get(k) for k in f.keys()}
 
