@@ -12,6 +12,8 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from mindspeed_ms.inference.sampling import repetition_penalized
+
 # GenerationConfig defaults of transformers 4.57 for the keys we act on
 HF_DEFAULTS = {
     "max_length": 20, "max_new_tokens": None, "min_length": 0, "min_new_tokens": None,
@@ -146,9 +148,7 @@ def logits_processor(g: ResolvedGeneration, prompt_len: int):
         scores = np.array(logits, dtype=np.float32, copy=True)
         if g.repetition_penalty != 1.0:
             rows = np.arange(ids.shape[0])[:, None]
-            picked = scores[rows, ids]
-            picked = np.where(picked < 0, picked * g.repetition_penalty, picked / g.repetition_penalty)
-            scores[rows, ids] = picked
+            scores[rows, ids] = repetition_penalized(scores[rows, ids], g.repetition_penalty)
         if g.min_new_tokens and ids.shape[1] - prompt_len < g.min_new_tokens and eos.size:
             scores[:, eos] = -np.inf
         return scores

@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from mindspeed_ms.inference.sampling import SamplingConfig, TokenChooser
+from mindspeed_ms.inference.sampling import SamplingConfig, TokenChooser, repetition_penalized
 
 
 class GenerationConfigError(ValueError):
@@ -180,8 +180,7 @@ class ProcessedTokenChooser(TokenChooser):
             row = scores[b]
             if s.repetition_penalty != 1.0 and self.seen[b]:
                 ids = np.unique(np.asarray(self.seen[b], dtype=np.int64))
-                v = row[ids]
-                row[ids] = np.where(v < 0, v * s.repetition_penalty, v / s.repetition_penalty)
+                row[ids] = repetition_penalized(row[ids], s.repetition_penalty)
             cur = self.prompt_lens[b] + self.step
             if s.eos_token_id and ((s.min_length and cur < s.min_length) or
                                    (s.min_new_tokens and self.step < s.min_new_tokens)):

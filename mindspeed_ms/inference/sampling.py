@@ -82,3 +82,9 @@ class TokenChooser:
         cum = np.cumsum(probs, axis=-1)
         idx = (cum < (u * cum[:, -1])[:, None]).sum(axis=-1)
         return np.minimum(idx, probs.shape[-1] - 1).astype(np.int64)
+
+
+def repetition_penalized(scores, penalty):
+    """transformers' repetition penalty on the scores of already seen tokens: negative scores
+    are multiplied by `penalty`, the others divided (both readers of generation settings use it)."""
+    return np.where(scores < 0, scores * penalty, scores / penalty)
